@@ -1,0 +1,247 @@
+"""Orbax checkpoints: train state, data-iterator position and a JSON manifest per step.
+
+A work directory's `checkpoints/` holds one folder per saved step, each with
+three items: `state` (the `TrainState` pytree), `data` (the data iterator's
+position, so a resumed run continues exactly) and `manifest` (JSON: config,
+model, objective, fine-tuning chain, step, metrics, library version).
+"""
+
+from collections.abc import Mapping
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from jaxpretrain import tree as tree_lib
+from jaxpretrain.errors import CheckpointMismatchError
+
+VERSION = '0.1.0'
+StepSpec = int | str | None
+
+
+def _path_str(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
+                  for k in path)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_str(p): tuple(getattr(x, 'shape', np.shape(x))) for p, x in leaves}
+
+
+def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
+  return {'state': ocp.PyTreeCheckpointHandler(), 'data': ocp.JsonCheckpointHandler(),
+          'manifest': ocp.JsonCheckpointHandler()}
+
+
+def checkpoint_dir(path: str | os.PathLike) -> pathlib.Path:
+  """The checkpoint folder of a work directory (or the folder itself)."""
+  path = pathlib.Path(path).expanduser().absolute()
+  return path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
+
+
+class Checkpointer:
+  """Saves and restores a run's checkpoints with an Orbax `CheckpointManager`.
+
+  Saves are asynchronous and happen every `save_every` steps (or when forced);
+  the last `keep_last` checkpoints and the best `keep_best` by `best_metric`
+  are kept.
+
+  Args:
+    directory: the checkpoint folder (created if absent, unless `read_only`).
+    save_every: save when `step % save_every == 0`.
+    keep_last: number of most recent checkpoints kept.
+    keep_best: number of best checkpoints kept (needs `best_metric`).
+    best_metric: name of the metric in `save(metrics=...)` that ranks checkpoints.
+    best_mode: 'max' or 'min'.
+    manifest: JSON-able description of the run, written with every checkpoint.
+    run_identity: JSON-able fields that must match those of checkpoints already
+      in `directory` (e.g. model and objective), so another run's checkpoints
+      are never mixed with this one's.
+    async_save: write in a background thread while training goes on.
+    read_only: open existing checkpoints for reading only.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, save_every: int = 1000,
+               keep_last: int = 2, keep_best: int = 0, best_metric: str | None = None,
+               best_mode: str = 'max', manifest: Mapping[str, Any] | None = None,
+               run_identity: Mapping[str, Any] | None = None, async_save: bool = True,
+               read_only: bool = False):
+    if best_mode not in ('max', 'min'):
+      raise ValueError(f"best_mode must be 'max' or 'min', not {best_mode!r}")
+    if keep_best and not best_metric:
+      raise ValueError('keep_best needs best_metric, the metric that ranks checkpoints')
+    self.directory = pathlib.Path(directory).expanduser().absolute()
+    self.best_metric, self.best_mode = best_metric, best_mode
+    self.manifest = dict(manifest or {})
+    self.run_identity = json.loads(json.dumps(run_identity or {}))
+    policies = [checkpoint_managers.LatestN(keep_last)]
+    if keep_best:
+      policies.append(checkpoint_managers.BestN(
+          get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min', n=keep_best,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=checkpoint_managers.FixedIntervalPolicy(save_every),
+        enable_async_checkpointing=async_save,
+        read_only=read_only,
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers=_item_handlers())
+    if read_only and self.latest_step() is not None and not best_metric:
+      saved = self.read_manifest()
+      self.best_metric, self.best_mode = saved.get('best_metric'), saved.get('best_mode', 'max')
+    self._check_identity()
+
+  def _check_identity(self) -> None:
+    step = self.latest_step()
+    if step is None or not self.run_identity:
+      return
+    theirs = self.read_manifest(step).get('run_identity', {})
+    diff = {k: (theirs.get(k), v) for k, v in self.run_identity.items() if theirs.get(k) != v}
+    if diff:
+      details = '; '.join(f'{k}: saved {a!r}, now {b!r}' for k, (a, b) in diff.items())
+      raise CheckpointMismatchError(
+          f'{self.directory} holds checkpoints of another run ({details}). Nothing was '
+          'changed there; use a new --workdir for this run, or move those checkpoints away.')
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The kept step with the best `best_metric` (the latest if there is no metric)."""
+    scored = [(m[self.best_metric], s) for s in self.all_steps()
+              if self.best_metric in (m := self.read_manifest(s).get('metrics', {}))]
+    if not scored:
+      return self.latest_step()
+    return (max if self.best_mode == 'max' else min)(scored)[1]
+
+  def resolve(self, step: StepSpec) -> int:
+    """An int step from an int, 'latest' (or None) or 'best'."""
+    resolved = {None: self.latest_step, 'latest': self.latest_step,
+                'best': self.best_step}.get(step, lambda: step)()
+    if resolved is None or resolved not in self.all_steps():
+      raise FileNotFoundError(f'no checkpoint {step or "at all"} in {self.directory}; '
+                              f'saved steps: {self.all_steps()}')
+    return int(resolved)
+
+  def should_save(self, step: int) -> bool:
+    return self._manager.should_save(step)
+
+  def save(self, state: Any, *, data_state: Any = None,
+           metrics: Mapping[str, float] | None = None, force: bool = False) -> bool:
+    """Saves asynchronously if the step is due (or `force`); returns whether it saved."""
+    step = int(jax.device_get(state.step))
+    metrics = {k: float(v) for k, v in (metrics or {}).items()}
+    manifest = {**self.manifest, 'run_identity': self.run_identity, 'step': step,
+                'best_metric': self.best_metric, 'best_mode': self.best_mode,
+                'metrics': metrics, 'library_version': VERSION, 'time': time.time()}
+    args = ocp.args.Composite(state=ocp.args.PyTreeSave(state),
+                              data=ocp.args.JsonSave({'state': data_state}),
+                              manifest=ocp.args.JsonSave(json.loads(json.dumps(manifest))))
+    return self._manager.save(step, args=args, metrics=metrics or None, force=force)
+
+  def read_manifest(self, step: StepSpec = None) -> dict[str, Any]:
+    step = self.resolve(step)
+    path = self.directory / str(step) / 'manifest' / 'metadata'
+    if path.exists():
+      return json.loads(path.read_text())
+    return self._manager.restore(step, args=ocp.args.Composite(
+        manifest=ocp.args.JsonRestore()))['manifest']
+
+  def restore(self, target: Any, *, step: StepSpec = None) -> tuple[Any, Any]:
+    """Restores the state into `target`'s structure, shardings and types.
+
+    Args:
+      target: a train state (or abstract one) of the model being resumed.
+      step: an int, 'latest' (default) or 'best'.
+
+    Returns:
+      `(state, data_state)`; `data_state` is what was saved with the state.
+
+    Raises:
+      CheckpointMismatchError: when a saved array's shape differs from the target's.
+    """
+    step = self.resolve(step)
+    saved = _shapes(self._manager.item_metadata(step)['state'])
+    wanted = _shapes(target)
+    bad = [(p, saved[p], s) for p, s in wanted.items() if p in saved and saved[p] != s]
+    missing = sorted(set(wanted) - set(saved))
+    if bad or missing:
+      lines = [f'  {p}: checkpoint {a}, model {b}' for p, a, b in bad[:10]]
+      lines += [f'  {p}: not in the checkpoint' for p in missing[:10]]
+      raise CheckpointMismatchError(
+          f'checkpoint {self.directory / str(step)} does not fit this model:\n'
+          + '\n'.join(lines) + '\nRestore it into the model configuration it was saved '
+          'with, or start this run in a new work directory. Nothing was changed on disk.')
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
+        data=ocp.args.JsonRestore()))
+    return restored['state'], restored['data']['state']
+
+  def wait(self) -> None:
+    """Blocks until asynchronous saves have finished."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def open_checkpoints(path: str | os.PathLike) -> Checkpointer:
+  """Opens a work directory's (or a checkpoint folder's) checkpoints read-only."""
+  directory = checkpoint_dir(path)
+  if not directory.is_dir():
+    raise FileNotFoundError(f'no checkpoint folder at {directory}; pass the work directory '
+                            'of a run (it holds checkpoints/).')
+  return Checkpointer(directory, read_only=True)
+
+
+def restore_params(path: str | os.PathLike, *, step: StepSpec = None) -> dict[str, Any]:
+  """Loads only the parameters (trainable and frozen, merged) of a checkpoint.
+
+  Optimizer state and everything else stay on disk.
+
+  Args:
+    path: a work directory or its `checkpoints/` folder.
+    step: an int, 'latest' (default) or 'best'.
+  """
+  reader = open_checkpoints(path)
+  step = reader.resolve(step)
+  meta = jax.tree_util.tree_flatten_with_path(reader._manager.item_metadata(step)['state'])[0]
+  flat = {_path_str(p): m for p, m in meta}
+  wanted = {}
+  for part in ('params', 'frozen'):
+    sub = {p[len(part) + 1:]: jax.ShapeDtypeStruct(m.shape, m.dtype)
+           for p, m in flat.items() if p.startswith(part + '/')}
+    if sub:
+      wanted[part] = tree_lib.unflatten(sub)
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  restored = reader._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=wanted, restore_args=restore_args, partial_restore=True)))['state']
+  reader.close()
+  return tree_lib.merge(*restored.values())
+
+
+def read_manifest(path: str | os.PathLike, step: StepSpec = None) -> dict[str, Any]:
+  """The JSON manifest of a checkpoint in a work directory."""
+  reader = open_checkpoints(path)
+  try:
+    return reader.read_manifest(step)
+  finally:
+    reader.close()

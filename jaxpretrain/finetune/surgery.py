@@ -1,0 +1,166 @@
+"""Parameter surgery: grafting pre-trained weights and re-initialising parameters."""
+
+from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+import logging
+import re
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpretrain import tree as tree_lib
+from jaxpretrain.errors import CheckpointMismatchError
+from jaxpretrain.finetune.base import Params, Transform, make_transform
+
+Source = str | Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GraftReport:
+  """What `graft` did, by `/`-joined parameter path."""
+  loaded: tuple[str, ...]
+  missing: tuple[str, ...]      # selected in the model, absent from the checkpoint: kept at init
+  unexpected: tuple[str, ...]   # selected in the checkpoint, absent from the model: unused
+
+  def __str__(self) -> str:
+    lines = [f'loaded {len(self.loaded)}, missing {len(self.missing)}, '
+             f'unexpected {len(self.unexpected)} parameter(s)']
+    lines += [f'  missing (left at init): {p}' for p in self.missing]
+    lines += [f'  unexpected (unused): {p}' for p in self.unexpected]
+    return '\n'.join(lines)
+
+
+def _rename(path: str, rename: Sequence[tuple[str, str]]) -> str:
+  for pattern, replacement in rename:
+    if re.fullmatch(pattern, path):
+      return re.sub(pattern, replacement, path)
+  return path
+
+
+def graft(params: Params, pretrained: Mapping[str, Any], *, select: str = '.*',
+          rename: Sequence[tuple[str, str]] = (), strict: bool = False
+          ) -> tuple[Params, GraftReport]:
+  """Copies pre-trained parameters into a model's parameter tree.
+
+  Args:
+    params: the new model's parameters (at init).
+    pretrained: a parameter tree (e.g. restored from a checkpoint).
+    select: regex over `/`-joined paths; only matching parameters are grafted.
+    rename: `(regex, replacement)` rules mapping checkpoint paths to model
+      paths; the first full match wins, e.g. `[('backbone/(.*)', r'encoder/\\1')]`.
+    strict: raise if any selected parameter is missing or unexpected.
+
+  Returns:
+    The new parameters and a `GraftReport`.
+
+  Raises:
+    CheckpointMismatchError: on a shape mismatch, or in strict mode.
+  """
+  regex = re.compile(select)
+  source = {_rename(p, rename): v for p, v in tree_lib.flatten(pretrained).items()}
+  source = {p: v for p, v in source.items() if regex.fullmatch(p)}
+  flat = tree_lib.flatten(params)
+  loaded, missing = [], []
+  for path, leaf in flat.items():
+    if not regex.fullmatch(path):
+      continue
+    if path not in source:
+      missing.append(path)
+      continue
+    value = source[path]
+    if tuple(np.shape(value)) != tuple(np.shape(leaf)):
+      raise CheckpointMismatchError(
+          f'parameter {path!r} has shape {tuple(np.shape(value))} in the checkpoint but '
+          f'{tuple(np.shape(leaf))} in the model; build the model with the pre-trained '
+          'configuration, or leave this parameter out of `select` (e.g. start a new_head).')
+    flat[path] = jnp.asarray(value, dtype=leaf.dtype)
+    loaded.append(path)
+  unexpected = sorted(p for p in source if p not in flat)
+  report = GraftReport(tuple(loaded), tuple(missing), tuple(unexpected))
+  if strict and (missing or unexpected):
+    raise CheckpointMismatchError(f'strict from_pretrained: {report}\nrename or select the '
+                                  'parameters so that the two trees agree, or pass strict=False.')
+  if not loaded:
+    raise CheckpointMismatchError(
+        f'from_pretrained loaded no parameter (select={select!r}); the checkpoint holds '
+        f'e.g. {sorted(tree_lib.flatten(pretrained))[:5]}, the model '
+        f'{sorted(tree_lib.flatten(params))[:5]}: fix `select` or `rename`.')
+  return tree_lib.unflatten(flat), report
+
+
+def from_pretrained(source: Source, *, select: str = '.*',
+                    rename: Sequence[tuple[str, str]] = (), strict: bool = False,
+                    step: int | str | None = None) -> Transform:
+  """Grafts parameters from a checkpoint (or a parameter tree) into the model.
+
+  Args:
+    source: a checkpoint directory written by `jaxpretrain.checkpoint`, a
+      parameter tree, or a function returning one.
+    select: regex over `/`-joined paths of the parameters to graft.
+    rename: `(regex, replacement)` rules from checkpoint paths to model paths.
+    strict: missing or unexpected parameters are an error.
+    step: checkpoint step to load: an int, 'best' or 'latest' (default).
+  """
+  from jaxpretrain import checkpoint  # Imported here: only needed for paths.
+
+  def init(params, rng):
+    if isinstance(source, str):
+      pretrained = checkpoint.restore_params(source, step=step)
+    else:
+      pretrained = source() if callable(source) else source
+    params, report = graft(params, pretrained, select=select, rename=rename, strict=strict)
+    logging.info('from_pretrained: %s', report)
+    return params
+
+  return make_transform('from_pretrained', init=init,
+                        source=source if isinstance(source, str) else '<params>',
+                        select=select, rename=[list(r) for r in rename], strict=strict,
+                        step=step)
+
+
+def _path_key(rng: jax.Array, path: str) -> jax.Array:
+  """A key for one parameter, the same whatever the chain around it."""
+  return jax.random.fold_in(rng, zlib.crc32(path.encode()) & 0x7FFFFFFF)
+
+
+def fresh_value(path: str, leaf: jax.Array, rng: jax.Array) -> jax.Array:
+  """A newly initialised value for a parameter, chosen by its name.
+
+  Kernels get LeCun-normal initialisation (fan-in: all but the last dimension),
+  embeddings N(0, 0.02), scales ones, and everything else (biases) zeros.
+  """
+  name = path.rsplit('/', 1)[-1]
+  shape, dtype = jnp.shape(leaf), leaf.dtype
+  if name == 'kernel':
+    return jax.nn.initializers.lecun_normal()(rng, shape, dtype)
+  if name == 'embedding':
+    return 0.02 * jax.random.normal(rng, shape, dtype)
+  if name == 'scale':
+    return jnp.ones(shape, dtype)
+  return jnp.zeros(shape, dtype)
+
+
+def reinit(pattern: str) -> Transform:
+  """Re-initialises the parameters whose path fully matches `pattern`."""
+
+  def init(params, rng):
+    regex = re.compile(pattern)
+    flat = tree_lib.flatten(params)
+    hits = [p for p in flat if regex.fullmatch(p)]
+    if not hits:
+      raise ValueError(f'reinit({pattern!r}) matches no parameter; parameters are '
+                       f'e.g. {sorted(flat)[:5]}')
+    for p in hits:
+      flat[p] = fresh_value(p, flat[p], _path_key(rng, p))
+    return tree_lib.unflatten(flat)
+
+  return make_transform('reinit', init=init, pattern=pattern)
+
+
+def new_head(pattern: str = 'head/.*') -> Transform:
+  """Starts the task head afresh (re-initialised and trainable)."""
+  t = reinit(pattern)
+  return t._replace(spec=({'name': 'new_head', 'pattern': pattern},))

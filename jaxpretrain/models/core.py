@@ -1,0 +1,35 @@
+"""The link between Flax modules and the library's pure `apply_fn` contract."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+
+def make_apply_fn(module: nn.Module):
+  """Wraps a Linen module's `apply` in the library's `apply_fn` contract.
+
+  `apply_fn(variables, batch, *, train, rngs)` returns the module's dict of
+  named outputs. In training, collections other than `params` (such as
+  `batch_stats`) are mutable, and their new values come back under the
+  `model_state` key of the outputs.
+  """
+
+  def apply_fn(variables: Mapping[str, Any], batch: Any, *, train: bool = False,
+               rngs: Mapping[str, jax.Array] | None = None) -> dict[str, Any]:
+    mutable = [c for c in variables if c != 'params'] if train else False
+    if mutable:
+      outputs, model_state = module.apply(variables, batch, train=train, rngs=rngs,
+                                          mutable=mutable)
+      return {**outputs, 'model_state': model_state}
+    return module.apply(variables, batch, train=train, rngs=rngs)
+
+  return apply_fn
+
+
+def init_variables(module: nn.Module, rng: jax.Array, example_batch: Any) -> dict[str, Any]:
+  """Initialises a module's variables from an example batch (eval mode, no dropout)."""
+  params_rng, dropout_rng = jax.random.split(rng)
+  return dict(module.init({'params': params_rng, 'dropout': dropout_rng}, example_batch,
+                          train=False))

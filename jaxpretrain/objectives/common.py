@@ -1,0 +1,45 @@
+"""What every objective shares: the signature, masked means, and calling the model."""
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from jaxpretrain.state import ApplyFn
+
+Batch = Mapping[str, Any]
+Metrics = dict[str, Any]
+
+
+class Objective(Protocol):
+  """`loss, metrics = objective(apply_fn, params, batch, rng, *, model_state, train)`."""
+
+  def __call__(self, apply_fn: ApplyFn, params: Any, batch: Batch, rng: jax.Array, *,
+               model_state: Any = None, train: bool = True) -> tuple[jax.Array, Metrics]:
+    ...
+
+
+def example_weights(batch: Batch) -> jax.Array:
+  """Per-example weights: the batch's `mask` (0 for padding) or ones."""
+  n = jax.tree.leaves(batch)[0].shape[0]
+  mask = batch.get('mask')
+  return jnp.ones((n,), jnp.float32) if mask is None else mask.astype(jnp.float32)
+
+
+def weighted_mean(values_B: jax.Array, batch: Batch) -> jax.Array:
+  """Mean of per-example values in which padded examples weigh zero."""
+  w_B = example_weights(batch)
+  return jnp.sum(values_B * w_B) / jnp.maximum(jnp.sum(w_B), 1.0)
+
+
+def call_model(apply_fn: ApplyFn, params: Any, inputs: Any, rng: jax.Array, *,
+               model_state: Any, train: bool) -> tuple[dict[str, Any], Metrics]:
+  """Runs the model; returns its outputs and, in training, the new model state as metrics."""
+  variables = {'params': params, **(model_state or {})}
+  outputs = dict(apply_fn(variables, inputs, train=train, rngs={'dropout': rng}))
+  new_state = outputs.pop('model_state', None)
+  return outputs, ({} if new_state is None else {'model_state': new_state})
+
+
+ObjectiveFactory = Callable[..., Objective]

@@ -1,0 +1,174 @@
+"""Data parallelism: meshes, shardings, the jit and pmap paths, and multi-host set-up.
+
+The same pure step runs three ways with the same numbers: `jit` over a `Mesh`
+(the default), `pmap` (for pmap-style code), or plain `jax.jit` on one device.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from jaxpretrain.errors import BatchError
+
+DATA_AXIS = 'data'
+PMAP_AXIS = 'batch'
+ShardingRules = Sequence[tuple[str, P]]
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, **kwargs: Any) -> None:
+  """Joins this process to a multi-host run (wraps `jax.distributed.initialize`).
+
+  On TPU pods and most clusters the arguments are discovered automatically.
+  Call it before any other JAX computation.
+  """
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id, **kwargs)
+
+
+def make_mesh(axes: Mapping[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over all (or the given) devices; by default one `data` axis.
+
+  Args:
+    axes: axis name → size, in order; one size may be -1 for "the rest",
+      e.g. `{'data': -1, 'model': 2}`.
+    devices: devices to use; all global devices by default.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  axes = dict(axes or {DATA_AXIS: -1})
+  known = int(np.prod([s for s in axes.values() if s != -1]))
+  sizes = [len(devices) // known if s == -1 else s for s in axes.values()]
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(f'mesh axes {axes} do not fit {len(devices)} devices')
+  return jax.make_mesh(tuple(sizes), tuple(axes), axis_types=(AxisType.Auto,) * len(axes),
+                       devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the mesh's `data` axis."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Fully replicated over the mesh."""
+  return NamedSharding(mesh, P())
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: ShardingRules = ()) -> Any:
+  """Shardings for a whole train state.
+
+  Parameters (and the optimizer moments that mirror them) are matched by ordered
+  `(regex, PartitionSpec)` rules over their `/`-joined paths; the first match
+  wins and anything unmatched is replicated. With no rules, everything is
+  replicated, which is plain data parallelism.
+  """
+  compiled = [(re.compile(p), spec) for p, spec in rules]
+
+  def spec_for(path, leaf) -> NamedSharding:
+    name = '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+                    for k in path)
+    for regex, spec in compiled:
+      if regex.search(name) and len(spec) <= getattr(leaf, 'ndim', 0):
+        return NamedSharding(mesh, spec)
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(spec_for, state)
+
+
+def place_state(state: Any, mesh: Mesh, rules: ShardingRules = ()) -> Any:
+  """Copies a state onto the mesh with `state_shardings`.
+
+  The copy never aliases the input, so donating the placed state to a step
+  leaves the original intact.
+  """
+  shardings = state_shardings(state, mesh, rules)
+  # device_put may hand back the very buffer it was given; a jitted copy never does.
+  return jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=shardings)(state)
+
+
+def _check_divisible(global_batch: int, n: int, what: str) -> None:
+  if global_batch % n:
+    fit = (global_batch // n + 1) * n
+    raise BatchError(f'the global batch of {global_batch} examples is not divisible by the '
+                     f'{n} {what}; use a batch size that is a multiple of {n} (e.g. {fit}).')
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """Places this process's part of a batch on the mesh, split along `data`.
+
+  In a multi-host run each process passes its own shard of the global batch;
+  `jax.make_array_from_process_local_data` assembles the global arrays.
+  """
+  sharding = batch_sharding(mesh)
+  local = {k: np.asarray(v) for k, v in batch.items()}
+  n_local = {v.shape[0] for v in local.values()}
+  if len(n_local) != 1:
+    raise BatchError(f'batch arrays disagree on the batch size: '
+                     f'{ {k: v.shape for k, v in local.items()} }; every array needs the '
+                     'same leading dimension.')
+  global_batch = n_local.pop() * jax.process_count()
+  _check_divisible(global_batch, mesh.shape[DATA_AXIS], f"devices of the mesh's "
+                   f"'{DATA_AXIS}' axis")
+  return {k: jax.make_array_from_process_local_data(sharding, v, (global_batch, *v.shape[1:]))
+          for k, v in local.items()}
+
+
+def jit(step: Callable, mesh: Mesh, state: Any, *, rules: ShardingRules = (),
+        donate: bool = True) -> Callable:
+  """Jits a step over a mesh: state sharded by `rules`, batch split over `data`.
+
+  Args:
+    step: `(state, batch) -> (state, metrics)`, or `(state, batch) -> metrics`
+      for an eval step.
+    mesh: from `make_mesh`.
+    state: a train state (or its `jax.eval_shape`) fixing the state's shardings.
+    rules: sharding rules, see `state_shardings`.
+    donate: donate the input state's buffers to the output (train steps).
+  """
+  s_state = state_shardings(state, mesh, rules)
+  s_batch = batch_sharding(mesh)
+  out = replicated(mesh)
+  return jax.jit(step, in_shardings=(s_state, s_batch),
+                 out_shardings=(s_state, out) if donate else out,
+                 donate_argnums=(0,) if donate else ())
+
+
+def pmap(step: Callable, *, donate: bool = True, axis_name: str = PMAP_AXIS) -> Callable:
+  """Maps a step over local devices with `jax.pmap`.
+
+  The step must be built with the same `axis_name` (e.g.
+  `make_train_step(objective, axis_name='batch')`) so that it averages
+  gradients over devices. Inputs: a `replicate`d state and a `split_for_pmap` batch.
+  """
+  if getattr(step, 'axis_name', axis_name) != axis_name:
+    raise ValueError(f"the step averages over axis {step.axis_name!r} but pmap maps "
+                     f"{axis_name!r}; build it with axis_name={axis_name!r}")
+  return jax.pmap(step, axis_name=axis_name, donate_argnums=(0,) if donate else ())
+
+
+def replicate(tree: Any, n_devices: int | None = None) -> Any:
+  """Stacks one copy of every leaf per local device, for `pmap`."""
+  n = n_devices or jax.local_device_count()
+  return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))).copy(), tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first device's copy of a replicated tree."""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def split_for_pmap(batch: Mapping[str, Any], n_devices: int | None = None) -> dict[str, Any]:
+  """Reshapes a batch from (B, ...) to (devices, B // devices, ...)."""
+  n = n_devices or jax.local_device_count()
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    _check_divisible(v.shape[0], n, 'local devices pmap maps over')
+    out[k] = v.reshape(n, v.shape[0] // n, *v.shape[1:])
+  return out

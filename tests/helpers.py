@@ -1,0 +1,48 @@
+"""Small models and batches shared by the tests."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpretrain.models import Classifier, ConvEncoder
+
+
+class TinyMLP(nn.Module):
+  """A two-layer classifier on flattened images, cheap to compile."""
+  num_classes: int = 3
+  batch_norm: bool = False
+
+  @nn.compact
+  def __call__(self, batch, *, train=False):
+    x = batch['image'].reshape(batch['image'].shape[0], -1)
+    x = nn.Dense(16, name='encoder')(x)
+    if self.batch_norm:
+      x = nn.BatchNorm(use_running_average=not train, name='norm')(x)
+    x = nn.relu(x)
+    return {'features': x, 'logits': nn.Dense(self.num_classes, name='head')(x)}
+
+
+def tiny_classifier(norm=None, num_classes=3):
+  return Classifier(encoder=ConvEncoder(widths=(4, 8), convs_per_stage=1, norm=norm),
+                    num_classes=num_classes)
+
+
+def image_batch(n=16, size=8, num_classes=3, seed=0):
+  """Structured images whose class is recoverable (bright quadrant), as numpy."""
+  rng = np.random.default_rng(seed)
+  label = rng.integers(0, num_classes, n).astype(np.int32)
+  image = rng.uniform(0, 0.2, (n, size, size, 1)).astype(np.float32)
+  h = size // 2
+  for i, c in enumerate(label):
+    image[i, (c // 2) * h:(c // 2 + 1) * h, (c % 2) * h:(c % 2 + 1) * h] += 0.8
+  return {'image': image, 'label': label}
+
+
+def assert_trees_close(a, b, atol=1e-5, rtol=1e-5):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
+
+
+def to_numpy(tree):
+  return jax.tree.map(lambda x: np.array(jnp.asarray(x)), tree)
