@@ -1,5 +1,6 @@
 """Objectives: pure `(apply_fn, params, batch, rng, *, model_state, train) -> (loss, metrics)`."""
 
-from jaxpretrain.objectives.common import Objective, call_model, example_weights, weighted_mean
+from jaxpretrain.objectives.common import (Objective, call_model, example_weights, weighted_mean,
+                                           with_augmentation)
 from jaxpretrain.objectives.reconstruction import corrupt, denoising
 from jaxpretrain.objectives.supervised import classification

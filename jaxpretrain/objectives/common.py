@@ -43,3 +43,21 @@ def call_model(apply_fn: ApplyFn, params: Any, inputs: Any, rng: jax.Array, *,
 
 
 ObjectiveFactory = Callable[..., Objective]
+
+
+def with_augmentation(objective: Objective, augment: Callable[[jax.Array, jax.Array], jax.Array],
+                      *, image_key: str = 'image') -> Objective:
+  """Wraps an objective so that, in training, each image is augmented first.
+
+  `augment` is `(image_HxWxC, rng) -> image_HxWxC`, run per example with its own key
+  (see `jaxpretrain.data.augment`). Evaluation sees the images unchanged.
+  """
+  def wrapped(apply_fn, params, batch, rng, *, model_state=None, train=True):
+    if train:
+      aug_rng, rng = jax.random.split(rng)
+      images = batch[image_key]
+      keys = jax.random.split(aug_rng, images.shape[0])
+      batch = {**batch, image_key: jax.vmap(augment)(images, keys)}
+    return objective(apply_fn, params, batch, rng, model_state=model_state, train=train)
+
+  return wrapped

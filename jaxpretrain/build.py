@@ -1,0 +1,105 @@
+"""From config sections to library objects, through explicit name → factory dicts."""
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import ml_collections
+import optax
+
+from jaxpretrain import finetune
+from jaxpretrain.data import augment as augment_lib
+from jaxpretrain.errors import ConfigError
+from jaxpretrain.models import Autoencoder, Classifier, ContrastiveModel, ConvDecoder, ConvEncoder
+from jaxpretrain import objectives
+
+Config = ml_collections.ConfigDict
+
+
+def _pick(registry: Mapping[str, Callable], name: str, what: str) -> Callable:
+  if name not in registry:
+    raise ConfigError(f'unknown {what} {name!r}; choose one of {sorted(registry)}')
+  return registry[name]
+
+
+def _kwargs(section: Config, *skip: str) -> dict[str, Any]:
+  return {k: v for k, v in section.to_dict().items() if k not in ('name', *skip)}
+
+
+def _encoder(cfg: Config) -> nn.Module:
+  return ConvEncoder(**cfg.to_dict())
+
+
+MODELS: dict[str, Callable[[Config], nn.Module]] = {
+    'conv_classifier': lambda c: Classifier(_encoder(c.encoder), c.num_classes,
+                                            c.get('dropout', 0.0)),
+    'conv_autoencoder': lambda c: Autoencoder(_encoder(c.encoder),
+                                              ConvDecoder(**c.decoder.to_dict())),
+    'conv_contrastive': lambda c: ContrastiveModel(_encoder(c.encoder),
+                                                   **_kwargs(c.projection)),
+}
+
+OBJECTIVES: dict[str, Callable[..., objectives.Objective]] = {
+    'classification': objectives.classification,
+    'denoising': objectives.denoising,
+}
+
+AUGMENTS: dict[str, Callable[..., augment_lib.Augment]] = {
+    'standard': augment_lib.standard,
+}
+
+
+def model(cfg: Config) -> nn.Module:
+  """The model named by `cfg.name`."""
+  return _pick(MODELS, cfg.name, 'model')(cfg)
+
+
+def objective(cfg: Config, augment_cfg: Config | None = None) -> objectives.Objective:
+  """The objective named by `cfg.name`, with training augmentation if `augment_cfg.name`."""
+  obj = _pick(OBJECTIVES, cfg.name, 'objective')(**_kwargs(cfg))
+  if augment_cfg is not None and augment_cfg.get('name', 'none') != 'none':
+    aug = _pick(AUGMENTS, augment_cfg.name, 'augmentation')(**_kwargs(augment_cfg))
+    obj = objectives.with_augmentation(obj, aug)
+  return obj
+
+
+def learning_rate(cfg: Config, total_steps: int) -> optax.Schedule:
+  """Warm-up then cosine decay (or constant) learning rate."""
+  warmup = int(cfg.get('warmup_steps', 0))
+  if cfg.get('schedule', 'cosine') == 'constant':
+    decay = optax.constant_schedule(cfg.lr)
+  elif cfg.get('schedule', 'cosine') == 'cosine':
+    decay = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warmup, 1))
+  else:
+    raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose 'cosine' or 'constant'")
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
+
+
+OPTIMIZERS: dict[str, Callable[[optax.Schedule, Config], optax.GradientTransformation]] = {
+    'adamw': lambda lr, c: optax.adamw(lr, weight_decay=c.get('weight_decay', 0.0)),
+    'sgd': lambda lr, c: optax.sgd(lr, momentum=c.get('momentum', 0.9), nesterov=True),
+}
+
+
+def optimizer(cfg: Config, total_steps: int) -> optax.GradientTransformation:
+  """The optimizer named by `cfg.name` with its learning-rate schedule."""
+  return _pick(OPTIMIZERS, cfg.name, 'optimizer')(learning_rate(cfg, total_steps), cfg)
+
+
+def transform(cfg: Config | None) -> finetune.Transform:
+  """The fine-tuning chain described by a `finetune` config section (identity if none)."""
+  if cfg is None:
+    return finetune.identity()
+  parts = []
+  if cfg.get('pretrained'):
+    parts.append(finetune.from_pretrained(
+        cfg.pretrained, select=cfg.get('select', '.*'),
+        rename=[tuple(r) for r in cfg.get('rename', ())], strict=cfg.get('strict', False),
+        step=cfg.get('step', 'latest')))
+  if cfg.get('new_head'):
+    parts.append(finetune.new_head(cfg.new_head))
+  if cfg.get('freeze'):
+    parts.append(finetune.freeze(cfg.freeze))
+  return finetune.chain(*parts)

@@ -1,0 +1,93 @@
+"""`jaxpretrain pretrain|finetune|evaluate|recipe|prepare` from the command line.
+
+  jaxpretrain pretrain --config configs/fashion_mnist_pretrain.py \\
+      --config.optimizer.lr=3e-4 --workdir runs/pretrain
+"""
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from jaxpretrain import config as config_lib
+from jaxpretrain.errors import JaxpretrainError
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.key=value` (or `--config.key value`) from the other arguments."""
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith('--config.'):
+      body = arg[len('--config.'):]
+      if '=' not in body:
+        if i + 1 >= len(argv):
+          raise config_lib.ConfigError(f'{arg} needs a value')
+        body, i = f'{body}={argv[i + 1]}', i + 1
+      overrides.append(body)
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='jaxpretrain', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest='command', required=True)
+  for name, help_text in [('pretrain', 'pre-train a model (resumes in an existing workdir)'),
+                          ('finetune', 'fine-tune a model (resumes in an existing workdir)'),
+                          ('evaluate', "score a run's checkpoint on a split"),
+                          ('recipe', 'run a whole pre-train → fine-tune recipe with a report')]:
+    s = sub.add_parser(name, help=help_text)
+    s.add_argument('--config', required=True, help='config file, optionally with :variant')
+    s.add_argument('--workdir', required=True, help='where checkpoints, logs and reports go')
+    s.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    if name == 'evaluate':
+      s.add_argument('--split', default='test')
+      s.add_argument('--step', default='best', help="an int, 'latest' or 'best'")
+  prep = sub.add_parser('prepare', help='prepare a dataset for offline use')
+  prep.add_argument('dataset')
+  prep.add_argument('--data-dir', default=None)
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point of the `jaxpretrain` command."""
+  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
+  # Orbax and TFDS log routine events (e.g. opening checkpoints read-only) as warnings.
+  for noisy in ('absl', 'jax._src', 'orbax'):
+    logging.getLogger(noisy).setLevel(logging.ERROR)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    return _run(args, overrides)
+  except JaxpretrainError as e:
+    print(f'jaxpretrain: error: {e}', file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> int:
+  from jaxpretrain import loop, recipe  # Heavy imports after argument checks.
+  if args.command == 'prepare':
+    from jaxpretrain import data
+    builder = data.prepared_builder(args.dataset, data_dir=args.data_dir)
+    print(f'{args.dataset} prepared in {builder.data_dir}')
+    return 0
+  config = config_lib.override(config_lib.load(args.config), overrides)
+  progress = not args.no_progress
+  if args.command in ('pretrain', 'finetune'):
+    result = loop.train(config, args.workdir, kind=args.command, progress=progress)
+  elif args.command == 'evaluate':
+    step = int(args.step) if args.step.isdigit() else args.step
+    result = loop.evaluate(config, args.workdir, split=args.split, step=step)
+  else:
+    result = recipe.run(config, args.workdir, progress=progress)
+  print(json.dumps(result, indent=2, default=str))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

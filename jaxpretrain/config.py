@@ -1,0 +1,106 @@
+"""Loading Python config files and applying `--config.key=value` overrides."""
+
+import ast
+import difflib
+import importlib.util
+import pathlib
+from collections.abc import Sequence
+
+import ml_collections
+
+from jaxpretrain.errors import ConfigError
+
+Config = ml_collections.ConfigDict
+
+
+def load(spec: str) -> Config:
+  """Loads `path/to/config.py` or `path/to/config.py:variant` (e.g. `:tiny`).
+
+  The file defines `get_config(variant=None)` returning a `ConfigDict`.
+  """
+  path, _, variant = spec.partition(':')
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise ConfigError(f'config file {path!r} not found; pass e.g. '
+                      '--config configs/fashion_mnist_pretrain.py')
+  module_spec = importlib.util.spec_from_file_location(f'_jaxpretrain_config_{file.stem}', file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'{path} defines no get_config()')
+  config = module.get_config(variant or None)
+  config.lock()  # Unknown keys are errors, not silently new fields.
+  return config
+
+
+def _valid_keys(config: Config, prefix: str = '') -> list[str]:
+  keys = []
+  for k, v in config.items():
+    keys.append(prefix + k)
+    if isinstance(v, ml_collections.ConfigDict):
+      keys += _valid_keys(v, prefix + k + '.')
+  return keys
+
+
+def _parse(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # A bare word is a string.
+
+
+def override(config: Config, assignments: Sequence[str]) -> Config:
+  """Applies `key.sub=value` assignments; an unknown key is an error listing valid ones."""
+  config = config.copy_and_resolve_references()
+  for assignment in assignments:
+    key, sep, text = assignment.partition('=')
+    if not sep:
+      raise ConfigError(f'override {assignment!r} needs the form key=value')
+    parts = key.split('.')
+    leaf = parts[-1]
+    node = config
+    for i, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        valid = _valid_keys(config)
+        close = difflib.get_close_matches(key, valid, n=3)
+        hint = f' Did you mean {", ".join(close)}?' if close else ''
+        raise ConfigError(f'unknown config key {key!r}.{hint} Valid keys: {", ".join(valid)}')
+      if i < len(parts) - 1:
+        node = node[part]
+    value = _parse(text)
+    old = node[leaf]
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if isinstance(old, tuple) and isinstance(value, list):
+      value = tuple(value)
+    try:
+      with node.unlocked():
+        node[leaf] = value
+    except TypeError as e:
+      raise ConfigError(f'config key {key!r} holds a {type(old).__name__}, got {text!r}: '
+                        f'{e}') from e
+  return config
+
+
+def run_config() -> Config:
+  """Every section a run config has, with defaults; config files fill them in."""
+  c = Config()
+  c.seed = 0
+  c.data = Config(dict(name='fashion_mnist', train_split='train', validation_split='',
+                       labelled_per_class=0, validation_per_class=0, subset_seed=0,
+                       batch_size=256, eval_batch_size=500, data_dir=''))
+  c.model = Config(dict(name='conv_classifier', num_classes=10, dropout=0.0,
+                        encoder=dict(widths=(32, 64, 128), convs_per_stage=2, norm='batch',
+                                     features=0)))
+  c.objective = Config(dict(name='classification'))
+  c.augment = Config(dict(name='none'))
+  c.optimizer = Config(dict(name='adamw', lr=1e-3, weight_decay=1e-4, schedule='cosine',
+                            warmup_steps=0))
+  c.train = Config(dict(epochs=1, steps=0, eval_every_steps=0, log_every=50, grad_accum=1,
+                        clip=0.0))
+  c.checkpoint = Config(dict(save_every=0, keep_last=1, keep_best=0, best_metric='',
+                             best_mode='max'))
+  c.finetune = Config(dict(pretrained='', select='encoder/.*', rename=(), strict=False,
+                           step='latest', new_head='', freeze=''))
+  c.parallel = Config(dict(mode='mesh'))
+  return c

@@ -1,0 +1,250 @@
+"""Drivers that wire data, model, objective, parallel step and checkpoints into runs.
+
+`train` pre-trains or fine-tunes as its config says, logging to the work
+directory and resuming from its checkpoints; `evaluate` scores a checkpoint on a
+split. Nothing below this module imports it.
+"""
+
+from collections.abc import Callable, Iterable
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from jaxpretrain import build, checkpoint, parallel
+from jaxpretrain import data as data_lib
+from jaxpretrain.finetune import create_state
+from jaxpretrain.metrics import MeanAccumulator
+from jaxpretrain.state import TrainState
+from jaxpretrain.step import make_eval_step, make_train_step
+
+Config = ml_collections.ConfigDict
+
+
+class MetricsLog:
+  """Appends metrics to `metrics.jsonl` and TensorBoard event files in a work directory."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.path = workdir / 'metrics.jsonl'
+    try:
+      from tensorboardX import SummaryWriter  # Optional: plots in TensorBoard.
+      self._tb = SummaryWriter(str(workdir / 'tensorboard'))
+    except ImportError:
+      self._tb = None
+
+  def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+    record = {'step': step, 'split': split, **{k: float(v) for k, v in metrics.items()}}
+    with self.path.open('a') as f:
+      f.write(json.dumps(record) + '\n')
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(f'{split}/{k}', float(v), step)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+  """The records of a work directory's `metrics.jsonl`."""
+  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@dataclasses.dataclass
+class _Engine:
+  """One way of running steps (mesh, pmap or one device), behind one interface."""
+  place_state: Callable[[TrainState], Any]
+  host_state: Callable[[Any], TrainState]
+  place_batch: Callable[[dict], Any]
+  train_step: Callable
+  eval_step: Callable
+  unbatch_metrics: Callable[[dict], dict]
+
+
+def _engine(mode: str, objective, eval_objective, state: TrainState, grad_accum: int,
+            clip: float | None) -> _Engine:
+  if mode == 'mesh':
+    mesh = parallel.make_mesh()
+    return _Engine(
+        place_state=lambda s: parallel.place_state(s, mesh), host_state=lambda s: s,
+        place_batch=lambda b: parallel.shard_batch(b, mesh),
+        train_step=parallel.jit(make_train_step(objective, grad_accum=grad_accum, clip=clip),
+                                mesh, state),
+        eval_step=parallel.jit(make_eval_step(eval_objective), mesh, state, donate=False),
+        unbatch_metrics=lambda m: m)
+  if mode == 'pmap':
+    axis = parallel.PMAP_AXIS
+    return _Engine(
+        place_state=parallel.replicate, host_state=parallel.unreplicate,
+        place_batch=parallel.split_for_pmap,
+        train_step=parallel.pmap(make_train_step(objective, grad_accum=grad_accum, clip=clip,
+                                                 axis_name=axis)),
+        eval_step=parallel.pmap(make_eval_step(eval_objective, axis_name=axis), donate=False),
+        unbatch_metrics=parallel.unreplicate)
+  if mode == 'single':
+    return _Engine(
+        place_state=lambda s: jax.tree.map(jax.numpy.copy, s), host_state=lambda s: s,
+        place_batch=lambda b: b,
+        train_step=jax.jit(make_train_step(objective, grad_accum=grad_accum, clip=clip),
+                           donate_argnums=0),
+        eval_step=jax.jit(make_eval_step(eval_objective)), unbatch_metrics=lambda m: m)
+  raise build.ConfigError(f"unknown parallel.mode {mode!r}; choose 'mesh', 'pmap' or 'single'")
+
+
+def _splits(config: Config) -> tuple[data_lib.Source, data_lib.Source | None]:
+  """Training and validation sources, as the data section describes."""
+  cfg = config.data
+  train = data_lib.data_source(cfg.name, cfg.train_split, data_dir=cfg.get('data_dir') or None)
+  if cfg.get('labelled_per_class', 0):
+    train_idx, val_idx = data_lib.labelled_subset(
+        train, cfg.labelled_per_class, seed=cfg.get('subset_seed', 0),
+        validation_per_class=cfg.get('validation_per_class', 0))
+    validation = data_lib.subset(train, val_idx) if len(val_idx) else None
+    return data_lib.subset(train, train_idx), validation
+  if cfg.get('validation_split'):
+    return train, data_lib.data_source(cfg.name, cfg.validation_split,
+                                       data_dir=cfg.get('data_dir') or None)
+  return train, None
+
+
+def _evaluate(engine: _Engine, placed_state: Any, batches: Iterable[dict]) -> dict[str, float]:
+  acc = MeanAccumulator()
+  for batch in batches:
+    acc.update(jax.device_get(engine.unbatch_metrics(engine.eval_step(
+        placed_state, engine.place_batch(batch)))))
+  return acc.result()
+
+
+def _identity(config: Config, kind: str) -> dict[str, Any]:
+  return {'kind': kind, 'model': config.model.to_dict(), 'objective': config.objective.name}
+
+
+def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain',
+          progress: bool = True) -> dict[str, Any]:
+  """Trains as `config` says, in `workdir`; resumes from its latest checkpoint.
+
+  Args:
+    config: a run config (see `configs/`).
+    workdir: where checkpoints, `metrics.jsonl`, TensorBoard events go.
+    kind: 'pretrain' or 'finetune', recorded in the manifests.
+    progress: show a progress bar with loss and examples/s.
+
+  Returns:
+    A summary: steps, best validation metrics and step, wall time.
+  """
+  start_time = time.time()
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  train_src, val_src = _splits(config)
+  cfg_t = config.train
+  batch_size = config.data.batch_size
+  steps_per_epoch = len(train_src) // batch_size
+  if steps_per_epoch == 0:
+    raise build.ConfigError(f'data.batch_size={batch_size} exceeds the {len(train_src)} '
+                            'training examples; lower it.')
+  total = cfg_t.get('steps', 0) or cfg_t.epochs * steps_per_epoch
+  eval_every = cfg_t.get('eval_every_steps', 0) or steps_per_epoch
+  ckpt_cfg = config.checkpoint
+  ckpt = checkpoint.Checkpointer(
+      workdir / 'checkpoints', save_every=ckpt_cfg.get('save_every', 0) or eval_every,
+      keep_last=ckpt_cfg.get('keep_last', 1), keep_best=ckpt_cfg.get('keep_best', 0),
+      best_metric=ckpt_cfg.get('best_metric') or None,
+      best_mode=ckpt_cfg.get('best_mode', 'max'),
+      manifest={'config': json.loads(config.to_json_best_effort()), 'kind': kind,
+                'finetune': list(build.transform(config.get('finetune')).spec)},
+      run_identity=_identity(config, kind))
+  resuming = ckpt.latest_step() is not None
+  # When resuming, the run's own checkpoint replaces any pre-trained weights.
+  ft_cfg = config.get('finetune')
+  if resuming and ft_cfg is not None:
+    ft_cfg = ft_cfg.copy_and_resolve_references()
+    ft_cfg.pretrained = ''
+  loader = data_lib.train_loader(train_src, batch_size=batch_size, seed=config.seed)
+  example = data_lib.load_split(data_lib.subset(train_src, np.arange(batch_size)))
+  model = build.model(config.model)
+  objective = build.objective(config.objective, config.get('augment'))
+  eval_objective = build.objective(config.objective)
+  state = create_state(model, build.transform(ft_cfg), tx=build.optimizer(config.optimizer, total),
+                       rng=jax.random.PRNGKey(config.seed), example_batch=example)
+  if resuming:
+    state, data_state = ckpt.restore(state)
+    loader.set_state(data_state)
+    logging.info('resuming %s from step %d', workdir, int(state.step))
+  engine = _engine(config.parallel.mode, objective, eval_objective, state,
+                   cfg_t.get('grad_accum', 1), cfg_t.get('clip') or None)
+  placed = engine.place_state(state)
+  log = MetricsLog(workdir)
+  step = int(state.step)
+  bar = tqdm.tqdm(total=total, initial=step, disable=not progress, dynamic_ncols=True,
+                  desc=f'{kind} {workdir.name}')
+  window, window_start, window_examples = [], time.time(), 0
+  while step < total:
+    placed, metrics = engine.train_step(placed, engine.place_batch(next(loader)))
+    step += 1
+    window.append(metrics)
+    window_examples += batch_size
+    if step % cfg_t.get('log_every', 50) == 0 or step == total or step % eval_every == 0:
+      means = {k: float(np.mean([jax.device_get(engine.unbatch_metrics(m))[k] for m in window]))
+               for k in window[0] if k != 'model_state'}
+      means['examples_per_sec'] = window_examples / max(time.time() - window_start, 1e-9)
+      means['epoch'] = step / steps_per_epoch
+      log.write(step, 'train', means)
+      bar.set_postfix(loss=f"{means['loss']:.4f}", ex_s=f"{means['examples_per_sec']:.0f}")
+      window, window_start, window_examples = [], time.time(), 0
+    bar.update(1)
+    if step % eval_every == 0 or step == total:
+      val = {}
+      if val_src is not None:
+        val = _evaluate(engine, placed,
+                        data_lib.eval_batches(val_src, batch_size=config.data.eval_batch_size))
+        log.write(step, 'validation', val)
+      ckpt.save(engine.host_state(placed), data_state=loader.get_state(), metrics=val,
+                force=step == total)
+  bar.close()
+  ckpt.wait()
+  log.close()
+  summary = {'workdir': str(workdir), 'steps': total, 'steps_per_epoch': steps_per_epoch,
+             'best_step': ckpt.best_step(), 'wall_time_s': time.time() - start_time}
+  if ckpt.best_metric and summary['best_step'] is not None:
+    summary['best_validation'] = ckpt.read_manifest(summary['best_step'])['metrics']
+  ckpt.close()
+  return summary
+
+
+def evaluate(config: Config, workdir: str | pathlib.Path, *, split: str,
+             step: checkpoint.StepSpec = 'best') -> dict[str, float]:
+  """Scores a run's checkpoint on a split with the run's objective (no augmentation).
+
+  Args:
+    config: the run's config.
+    workdir: the run's work directory.
+    split: split of `config.data.name` to score, e.g. 'test'.
+    step: checkpoint to score: an int, 'latest' or 'best' (by validation metric).
+
+  Returns:
+    Mean metrics over the split, and `examples`.
+  """
+  ft_cfg = config.get('finetune')
+  if ft_cfg is not None:
+    ft_cfg = ft_cfg.copy_and_resolve_references()
+    ft_cfg.pretrained = ''
+  source = data_lib.data_source(config.data.name, split, data_dir=config.data.get('data_dir')
+                                or None)
+  example = data_lib.load_split(data_lib.subset(source, np.arange(config.data.eval_batch_size)))
+  objective = build.objective(config.objective)
+  state = create_state(build.model(config.model), build.transform(ft_cfg),
+                       tx=build.optimizer(config.optimizer, 1), rng=jax.random.PRNGKey(0),
+                       example_batch=example)
+  with checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints', read_only=True) as ckpt:
+    state, _ = ckpt.restore(state, step=step)
+  engine = _engine(config.parallel.mode, objective, objective, state, 1, None)
+  return _evaluate(engine, engine.place_state(state),
+                   data_lib.eval_batches(source, batch_size=config.data.eval_batch_size))
