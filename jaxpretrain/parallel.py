@@ -89,7 +89,8 @@ def place_state(state: Any, mesh: Mesh, rules: ShardingRules = ()) -> Any:
   """
   shardings = state_shardings(state, mesh, rules)
   # device_put may hand back the very buffer it was given; a jitted copy never does.
-  return jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=shardings)(state)
+  placed = jax.device_put(state, shardings)
+  return jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=shardings)(placed)
 
 
 def _check_divisible(global_batch: int, n: int, what: str) -> None:

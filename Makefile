@@ -1,0 +1,36 @@
+# The README's two commands: `make main` (the main job) and `make test` (the test suite).
+# Each creates .venv, installs the package and the offline data it needs, then runs.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WORKDIR ?= runs/fashion_mnist
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: main test install data bench clean
+
+main: install data
+	$(BIN)/jaxpretrain recipe --config configs/fashion_mnist_recipe.py --workdir $(WORKDIR)
+
+test: install data
+	$(BIN)/python -m pytest tests
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# Fashion-MNIST ships in Debian's dataset-fashion-mnist package; without it (and offline)
+# the library's error says how to get the data.
+data: $(FASHION_MNIST)
+	$(BIN)/jaxpretrain prepare fashion_mnist
+
+$(FASHION_MNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+clean:
+	rm -rf $(VENV) runs

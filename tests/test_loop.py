@@ -1,0 +1,105 @@
+"""Runs from configs: CLI, resumption, bad input, the recipe's report (tiny variants)."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from jaxpretrain import checkpoint, cli, config as config_lib, loop
+from jaxpretrain.errors import ConfigError
+
+PRETRAIN = 'configs/fashion_mnist_pretrain.py:tiny'
+FINETUNE = 'configs/fashion_mnist_finetune.py:tiny'
+
+
+def _config(spec, *overrides):
+  return config_lib.override(config_lib.load(spec), overrides)
+
+
+def test_unknown_config_key_lists_valid_keys():
+  with pytest.raises(ConfigError, match=r"unknown config key 'optimizer.learning_rate'.*"
+                                        r"Did you mean optimizer.*Valid keys:.*optimizer.lr"):
+    _config(PRETRAIN, 'optimizer.learning_rate=0.1')
+
+
+def test_override_types_are_checked_and_converted():
+  c = _config(PRETRAIN, 'optimizer.lr=1', 'model.encoder.widths=[2,4]', 'parallel.mode=pmap')
+  assert c.optimizer.lr == 1.0 and c.model.encoder.widths == (2, 4)
+  assert c.parallel.mode == 'pmap'
+  with pytest.raises(ConfigError, match="'train.epochs' holds a int"):
+    _config(PRETRAIN, 'train.epochs=many')
+
+
+def test_cli_unknown_key_exits_with_message(tmp_path, capsys):
+  code = cli.main(['pretrain', '--config', PRETRAIN, '--config.train.epoch=3',
+                   '--workdir', str(tmp_path)])
+  assert code == 2
+  assert "unknown config key 'train.epoch'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('mode', ['mesh', 'pmap', 'single'])
+def test_pretrain_runs_logs_and_checkpoints(tmp_path, mode):
+  summary = loop.train(_config(PRETRAIN, f'parallel.mode={mode}'), tmp_path, progress=False)
+  records = loop.read_metrics(tmp_path)
+  train_records = [r for r in records if r['split'] == 'train']
+  assert [r['step'] for r in train_records] == [2, 3, 4, 6]
+  assert all(np.isfinite(r['loss']) and r['examples_per_sec'] > 0 for r in train_records)
+  assert summary['steps'] == 6
+  assert checkpoint.open_checkpoints(tmp_path).latest_step() == 6
+  manifest = checkpoint.read_manifest(tmp_path)
+  assert manifest['kind'] == 'pretrain' and manifest['config']['model']['name']
+  assert list((tmp_path / 'tensorboard').iterdir())
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  config = _config(PRETRAIN, 'checkpoint.keep_last=2')
+  loop.train(config, tmp_path / 'a', progress=False)
+  final = checkpoint.restore_params(tmp_path / 'a', step=6)
+  # Interrupt after step 3: drop the later checkpoint, then rerun in the same workdir.
+  shutil.rmtree(tmp_path / 'a' / 'checkpoints' / '6')
+  loop.train(config, tmp_path / 'a', progress=False)
+  resumed = checkpoint.restore_params(tmp_path / 'a', step=6)
+  for x, y in zip(jax.tree.leaves(final), jax.tree.leaves(resumed), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_rerun_of_finished_run_trains_no_more(tmp_path):
+  config = _config(PRETRAIN)
+  loop.train(config, tmp_path, progress=False)
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  loop.train(config, tmp_path, progress=False)
+  assert (tmp_path / 'metrics.jsonl').read_text().splitlines() == lines
+
+
+def test_workdir_of_another_run_is_refused_and_kept(tmp_path, capsys):
+  assert cli.main(['pretrain', '--config', PRETRAIN, '--workdir', str(tmp_path),
+                   '--no-progress']) == 0
+  before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+  assert cli.main(['finetune', '--config', FINETUNE, '--workdir', str(tmp_path),
+                   '--no-progress']) == 2
+  assert 'holds checkpoints of another run' in capsys.readouterr().err
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
+
+
+def test_finetune_from_pretrained_selects_best_epoch_and_evaluates(tmp_path):
+  loop.train(_config(PRETRAIN), tmp_path / 'pre', progress=False)
+  config = _config(FINETUNE, f'finetune.pretrained={tmp_path / "pre"}')
+  summary = loop.train(config, tmp_path / 'ft', kind='finetune', progress=False)
+  assert 0.0 <= summary['best_validation']['accuracy'] <= 1.0
+  manifest = checkpoint.read_manifest(tmp_path / 'ft')
+  assert manifest['finetune'][0]['name'] == 'from_pretrained'
+  result = loop.evaluate(config, tmp_path / 'ft', split='test[:40]')
+  assert result['examples'] == 40 and 0.0 <= result['accuracy'] <= 1.0
+
+
+def test_recipe_writes_report_with_both_accuracies(tmp_path):
+  assert cli.main(['recipe', '--config', 'configs/fashion_mnist_recipe.py:tiny',
+                   '--workdir', str(tmp_path), '--no-progress']) == 0
+  report = (tmp_path / 'report.md').read_text()
+  assert 'fine-tuned from pre-training' in report and 'from scratch' in report
+  assert (tmp_path / 'curves.png').stat().st_size > 1000
+  for run in ('pretrain', 'finetune', 'scratch'):
+    assert (tmp_path / run / 'metrics.jsonl').exists()
+  json.loads(json.dumps(checkpoint.read_manifest(tmp_path / 'finetune')))
