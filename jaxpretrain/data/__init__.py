@@ -1,0 +1,21 @@
+"""Datasets (a TFDS catalogue with local builders) and grain input pipelines."""
+
+from jaxpretrain.data import augment
+from jaxpretrain.data.catalogue import (
+    data_source,
+    dataset_info,
+    names,
+    prepared_builder,
+    resolve_data_dir,
+)
+from jaxpretrain.data.errors import DatasetNotFoundError, UnknownDatasetError
+from jaxpretrain.data.fashion_mnist import JaxpretrainFashionMnist
+from jaxpretrain.data.pipeline import (
+    DEFAULT_READ_OPTIONS,
+    Batch,
+    eval_batches,
+    load_split,
+    preprocess,
+    train_loader,
+)
+from jaxpretrain.data.sources import Source, labelled_subset, read_all, read_batch, subset

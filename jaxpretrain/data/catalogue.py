@@ -1,0 +1,121 @@
+"""Datasets by name: prepared once into a TFDS data directory, then read by random access.
+
+Names map to local TFDS builders through an explicit dict; the builders prepare
+array_record files (readable without TensorFlow) from real copies shipped by
+packages, or download them when online. Any other TFDS dataset is reachable as
+`tfds:<name>` (online, and most need TensorFlow to prepare).
+"""
+
+from collections.abc import Iterator
+import contextlib
+import fcntl
+import os
+import pathlib
+
+import tensorflow_datasets as tfds
+
+from jaxpretrain.data import fashion_mnist
+from jaxpretrain.data.errors import UnknownDatasetError
+from jaxpretrain.data.sources import Source
+
+TFDS_PREFIX = 'tfds:'
+
+# Our builders carry their own TFDS names (e.g. `jaxpretrain_fashion_mnist`) so as not
+# to clash with TFDS's registry; users know the datasets by the names on the left.
+_BUILDERS: dict[str, type[tfds.core.DatasetBuilder]] = {
+    'fashion_mnist': fashion_mnist.JaxpretrainFashionMnist,
+}
+
+
+def names() -> tuple[str, ...]:
+  """The dataset names the catalogue knows (besides `tfds:<name>`)."""
+  return tuple(sorted(_BUILDERS))
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """`data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets` (as TFDS itself)."""
+  if data_dir is None:
+    data_dir = os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
+  return pathlib.Path(data_dir).expanduser()
+
+
+def _check_known(name: str) -> None:
+  if name not in _BUILDERS and not name.startswith(TFDS_PREFIX):
+    raise UnknownDatasetError(
+        f'unknown dataset {name!r}; known datasets: {", ".join(names())}. Any dataset of '
+        f"the TFDS catalogue can be named '{TFDS_PREFIX}<name>' (it downloads, so it needs "
+        'network access, and most need TensorFlow to prepare).')
+
+
+def _make_builder(name: str, data_dir: str | os.PathLike | None) -> tfds.core.DatasetBuilder:
+  _check_known(name)
+  data_dir = os.fspath(resolve_data_dir(data_dir))
+  if name in _BUILDERS:
+    return _BUILDERS[name](data_dir=data_dir)
+  return tfds.builder(name[len(TFDS_PREFIX):], data_dir=data_dir, file_format='array_record')
+
+
+@contextlib.contextmanager
+def _locked(path: pathlib.Path) -> Iterator[None]:
+  """Holds an exclusive lock on `path`, so concurrent processes prepare a dataset once."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, 'w') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def prepared_builder(name: str, *, data_dir: str | os.PathLike | None = None
+                     ) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of dataset `name`, its files prepared in `data_dir` (once).
+
+  Raises:
+    UnknownDatasetError: the name is not in the catalogue.
+    DatasetNotFoundError: the raw data is neither on this machine nor downloadable.
+  """
+  _check_known(name)
+  lock_name = '.' + name.replace('/', '_').replace(':', '_') + '.lock'
+  with _locked(resolve_data_dir(data_dir) / lock_name):
+    # Built under the lock, so a builder made while another process was preparing
+    # still reads the finished dataset's split sizes.
+    builder = _make_builder(name, data_dir)
+    # A no-op once prepared. TFDS's prepared copies on GCS are TFRecord files,
+    # unreadable without TensorFlow, hence no GCS lookup.
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return builder
+
+
+def data_source(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> Source:
+  """A random-access source of example dicts for one split, prepared on first use.
+
+  Args:
+    name: a catalogue name such as `'fashion_mnist'`, or `'tfds:<name>'`.
+    split: a split, optionally sliced in TFDS syntax: `'train'`, `'train[:600]'`,
+      `'train[90%:]'`, `'train+test'`.
+    data_dir: where prepared datasets live; `$TFDS_DATA_DIR` or
+      `~/tensorflow_datasets` by default.
+
+  Returns:
+    A sequence with `len`, `__getitem__` and a batched `__getitems__`; each
+    example is a dict of numpy values (Fashion-MNIST: `image` uint8 (28, 28, 1),
+    `label` int64).
+
+  Example:
+    >>> train = data_source('fashion_mnist', 'train')
+    >>> len(train), train[0]['image'].shape
+    (60000, (28, 28, 1))
+  """
+  return prepared_builder(name, data_dir=data_dir).as_data_source(split)
+
+
+def dataset_info(name: str, *, data_dir: str | os.PathLike | None = None
+                 ) -> tfds.core.DatasetInfo:
+  """The TFDS `DatasetInfo` of `name`, without preparing it.
+
+  Features are always known (e.g. `info.features['label'].num_classes`,
+  `info.features['image'].shape`); split sizes only once the dataset is prepared.
+  """
+  return _make_builder(name, data_dir).info

@@ -1,0 +1,11 @@
+"""Errors raised while finding and preparing datasets."""
+
+from jaxpretrain.errors import JaxpretrainError
+
+
+class DatasetNotFoundError(JaxpretrainError, FileNotFoundError):
+  """A dataset whose files are neither on this machine nor downloadable now."""
+
+
+class UnknownDatasetError(JaxpretrainError, ValueError):
+  """A dataset name that the catalogue does not know."""

@@ -1,0 +1,111 @@
+"""Random-access sources of example dicts: batched reads, subsets and stratified subsets."""
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import numpy as np
+
+Example = Mapping[str, Any]
+
+
+@runtime_checkable
+class Source(Protocol):
+  """A random-access sequence of examples, such as a `tfds.data_source` split."""
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, index: int) -> Example: ...
+
+
+def _get_many(source: Source, indices: list[int]) -> Sequence[Example]:
+  if hasattr(source, '__getitems__'):
+    return source.__getitems__(indices)
+  return [source[i] for i in indices]
+
+
+def read_batch(source: Source, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+  """Reads the examples at `indices` and stacks each feature along a new first axis.
+
+  Uses the source's `__getitems__` when it has one: for array_record sources one
+  batched read is several times faster than a read per record.
+  """
+  indices = [int(i) for i in indices]
+  if not indices:
+    raise ValueError('read_batch needs at least one index (an empty batch has no structure)')
+  return jax.tree.map(lambda *leaves: np.stack(leaves), *_get_many(source, indices))
+
+
+class _Subset:
+  """The examples of a source at given indices, in the order of those indices."""
+
+  def __init__(self, source: Source, indices: np.ndarray):
+    self._source = source
+    self._indices = indices
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int) -> Example:
+    return self._source[int(self._indices[index])]
+
+  def __getitems__(self, indices: Sequence[int]) -> Sequence[Example]:
+    return _get_many(self._source, [int(self._indices[i]) for i in indices])
+
+  def __repr__(self) -> str:
+    return f'subset({self._source!r}, <{len(self)} indices>)'
+
+
+def subset(source: Source, indices: Sequence[int] | np.ndarray) -> Source:
+  """The examples of `source` at `indices`, as a source of its own.
+
+  Example:
+    >>> train_idx, val_idx = labelled_subset(train, per_class=60, seed=0,
+    ...                                      validation_per_class=10)
+    >>> labelled, validation = subset(train, train_idx), subset(train, val_idx)
+  """
+  indices = np.asarray(indices, np.int64)
+  if indices.ndim != 1:
+    raise ValueError(f'indices must be one-dimensional, got shape {indices.shape}')
+  if len(indices) and (indices.min() < -len(source) or indices.max() >= len(source)):
+    raise IndexError(f'indices reach outside the source of {len(source)} examples')
+  return _Subset(source, indices % max(len(source), 1))
+
+
+def read_all(source: Source) -> dict[str, np.ndarray]:
+  """Every example of a (small) source, each feature stacked into one array."""
+  return read_batch(source, range(len(source)))
+
+
+def labelled_subset(source: Source, per_class: int, seed: int, validation_per_class: int = 0,
+                    *, key: str = 'label') -> tuple[np.ndarray, np.ndarray]:
+  """Picks a fixed labelled subset and a disjoint validation subset, stratified by label.
+
+  Each class gives `per_class` training and `validation_per_class` validation
+  examples, drawn at random by `seed` (the same seed always picks the same ones).
+
+  Args:
+    source: examples with an integer feature `key`.
+    per_class: training examples per class (e.g. 60 for 600 Fashion-MNIST labels).
+    seed: seed of the random draw.
+    validation_per_class: held-out examples per class (0 for none).
+    key: name of the label feature.
+
+  Returns:
+    `(train_indices, validation_indices)`, each sorted, as int64 arrays into `source`.
+  """
+  labels = read_all(source)[key]
+  rng = np.random.default_rng(seed)
+  need = per_class + validation_per_class
+  train, validation = [], []
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    if len(members) < need:
+      raise ValueError(f'class {label} has {len(members)} examples, fewer than the {need} '
+                       f'asked for ({per_class} + {validation_per_class} validation)')
+    picked = rng.permutation(members)[:need]
+    train.append(picked[:per_class])
+    validation.append(picked[per_class:])
+  empty = [np.zeros((0,), np.int64)]
+  return (np.sort(np.concatenate(train or empty)).astype(np.int64),
+          np.sort(np.concatenate(validation or empty)).astype(np.int64))
