@@ -99,10 +99,15 @@ def _engine(mode: str, objective, eval_objective, state: TrainState, grad_accum:
   raise build.ConfigError(f"unknown parallel.mode {mode!r}; choose 'mesh', 'pmap' or 'single'")
 
 
+def _source(cfg: Config, split: str) -> data_lib.Source:
+  source = data_lib.data_source(cfg.name, split, data_dir=cfg.get('data_dir') or None)
+  return data_lib.in_memory(source) if cfg.get('in_memory', False) else source
+
+
 def _splits(config: Config) -> tuple[data_lib.Source, data_lib.Source | None]:
   """Training and validation sources, as the data section describes."""
   cfg = config.data
-  train = data_lib.data_source(cfg.name, cfg.train_split, data_dir=cfg.get('data_dir') or None)
+  train = _source(cfg, cfg.train_split)
   if cfg.get('labelled_per_class', 0):
     train_idx, val_idx = data_lib.labelled_subset(
         train, cfg.labelled_per_class, seed=cfg.get('subset_seed', 0),
@@ -110,8 +115,7 @@ def _splits(config: Config) -> tuple[data_lib.Source, data_lib.Source | None]:
     validation = data_lib.subset(train, val_idx) if len(val_idx) else None
     return data_lib.subset(train, train_idx), validation
   if cfg.get('validation_split'):
-    return train, data_lib.data_source(cfg.name, cfg.validation_split,
-                                       data_dir=cfg.get('data_dir') or None)
+    return train, _source(cfg, cfg.validation_split)
   return train, None
 
 
@@ -236,8 +240,7 @@ def evaluate(config: Config, workdir: str | pathlib.Path, *, split: str,
   if ft_cfg is not None:
     ft_cfg = ft_cfg.copy_and_resolve_references()
     ft_cfg.pretrained = ''
-  source = data_lib.data_source(config.data.name, split, data_dir=config.data.get('data_dir')
-                                or None)
+  source = _source(config.data, split)
   example = data_lib.load_split(data_lib.subset(source, np.arange(config.data.eval_batch_size)))
   objective = build.objective(config.objective)
   state = create_state(build.model(config.model), build.transform(ft_cfg),

@@ -18,4 +18,5 @@ from jaxpretrain.data.pipeline import (
     preprocess,
     train_loader,
 )
-from jaxpretrain.data.sources import Source, labelled_subset, read_all, read_batch, subset
+from jaxpretrain.data.sources import (InMemory, Source, in_memory, labelled_subset, read_all,
+                                      read_batch, subset)

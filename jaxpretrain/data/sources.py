@@ -30,10 +30,50 @@ def read_batch(source: Source, indices: Sequence[int] | np.ndarray) -> dict[str,
   Uses the source's `__getitems__` when it has one: for array_record sources one
   batched read is several times faster than a read per record.
   """
+  if isinstance(source, InMemory):
+    return source.read_batch(indices)
   indices = [int(i) for i in indices]
   if not indices:
     raise ValueError('read_batch needs at least one index (an empty batch has no structure)')
   return jax.tree.map(lambda *leaves: np.stack(leaves), *_get_many(source, indices))
+
+
+class InMemory:
+  """A source held in memory as stacked arrays; a batched read is one fancy-index.
+
+  For datasets that fit in RAM (Fashion-MNIST's 60,000 images take 47 MB) this
+  removes per-record decoding from the training loop.
+  """
+
+  def __init__(self, arrays: Mapping[str, np.ndarray]):
+    self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    lengths = {len(v) for v in self.arrays.values()}
+    if len(lengths) != 1:
+      raise ValueError(f'features disagree on the number of examples: {lengths}')
+    self._length = lengths.pop()
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> Example:
+    return {k: v[index] for k, v in self.arrays.items()}
+
+  def __getitems__(self, indices: Sequence[int]) -> Sequence[Example]:
+    return [self[int(i)] for i in indices]
+
+  def read_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+    indices = np.asarray(indices, np.int64)
+    if not indices.size:
+      raise ValueError('read_batch needs at least one index (an empty batch has no structure)')
+    return {k: v[indices] for k, v in self.arrays.items()}
+
+  def __repr__(self) -> str:
+    return f'InMemory(<{len(self)} examples of {sorted(self.arrays)}>)'
+
+
+def in_memory(source: Source) -> InMemory:
+  """Reads a whole source into memory once (see `InMemory`)."""
+  return source if isinstance(source, InMemory) else InMemory(read_all(source))
 
 
 class _Subset:
@@ -69,7 +109,10 @@ def subset(source: Source, indices: Sequence[int] | np.ndarray) -> Source:
     raise ValueError(f'indices must be one-dimensional, got shape {indices.shape}')
   if len(indices) and (indices.min() < -len(source) or indices.max() >= len(source)):
     raise IndexError(f'indices reach outside the source of {len(source)} examples')
-  return _Subset(source, indices % max(len(source), 1))
+  indices = indices % max(len(source), 1)
+  if isinstance(source, InMemory):
+    return InMemory({k: v[indices] for k, v in source.arrays.items()})
+  return _Subset(source, indices)
 
 
 def read_all(source: Source) -> dict[str, np.ndarray]:

@@ -41,3 +41,15 @@ def test_subset_is_a_source_for_the_pipeline(tiny_train):
   np.testing.assert_array_equal(seen, np.repeat(np.arange(10), 6))
   with pytest.raises(IndexError):
     sources.subset(tiny_train, [len(tiny_train)])
+
+
+def test_in_memory_source_reads_the_same_batches(tiny_train):
+  cached = sources.in_memory(tiny_train)
+  assert len(cached) == len(tiny_train)
+  idx = [5, 0, 17, 5]
+  expected = sources.read_batch(tiny_train, idx)
+  for k, v in sources.read_batch(cached, idx).items():
+    np.testing.assert_array_equal(v, expected[k])
+  sub = sources.subset(cached, [3, 4])
+  np.testing.assert_array_equal(sources.read_all(sub)['image'],
+                                sources.read_batch(tiny_train, [3, 4])['image'])
