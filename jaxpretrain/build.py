@@ -10,7 +10,8 @@ import optax
 from jaxpretrain import finetune
 from jaxpretrain.data import augment as augment_lib
 from jaxpretrain.errors import ConfigError
-from jaxpretrain.models import Autoencoder, Classifier, ContrastiveModel, ConvDecoder, ConvEncoder
+from jaxpretrain.models import (Autoencoder, Classifier, ConvDecoder, ConvEncoder,
+                                PretextClassifier)
 from jaxpretrain import objectives
 
 Config = ml_collections.ConfigDict
@@ -35,17 +36,18 @@ MODELS: dict[str, Callable[[Config], nn.Module]] = {
                                             c.get('dropout', 0.0)),
     'conv_autoencoder': lambda c: Autoencoder(_encoder(c.encoder),
                                               ConvDecoder(**c.decoder.to_dict())),
-    'conv_contrastive': lambda c: ContrastiveModel(_encoder(c.encoder),
-                                                   **_kwargs(c.projection)),
+    'conv_pretext': lambda c: PretextClassifier(_encoder(c.encoder), **_kwargs(c.pretext_head)),
 }
 
 OBJECTIVES: dict[str, Callable[..., objectives.Objective]] = {
     'classification': objectives.classification,
     'denoising': objectives.denoising,
+    'rotation_prediction': objectives.rotation_prediction,
 }
 
 AUGMENTS: dict[str, Callable[..., augment_lib.Augment]] = {
     'standard': augment_lib.standard,
+    'crop_flip_jitter': augment_lib.crop_flip_jitter,
 }
 
 
@@ -102,4 +104,6 @@ def transform(cfg: Config | None) -> finetune.Transform:
     parts.append(finetune.new_head(cfg.new_head))
   if cfg.get('freeze'):
     parts.append(finetune.freeze(cfg.freeze))
+  if cfg.get('lr_multipliers'):
+    parts.append(finetune.lr_multipliers([tuple(r) for r in cfg.lr_multipliers]))
   return finetune.chain(*parts)

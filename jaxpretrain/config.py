@@ -4,6 +4,7 @@ import ast
 import difflib
 import importlib.util
 import pathlib
+import types
 from collections.abc import Sequence
 
 import ml_collections
@@ -11,6 +12,15 @@ import ml_collections
 from jaxpretrain.errors import ConfigError
 
 Config = ml_collections.ConfigDict
+
+
+def import_file(path: str | pathlib.Path) -> types.ModuleType:
+  """Imports a Python file by path (config files use it to share pieces)."""
+  file = pathlib.Path(path)
+  module_spec = importlib.util.spec_from_file_location(f'_jaxpretrain_config_{file.stem}', file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
 
 
 def load(spec: str) -> Config:
@@ -23,9 +33,7 @@ def load(spec: str) -> Config:
   if not file.is_file():
     raise ConfigError(f'config file {path!r} not found; pass e.g. '
                       '--config configs/fashion_mnist_pretrain.py')
-  module_spec = importlib.util.spec_from_file_location(f'_jaxpretrain_config_{file.stem}', file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = import_file(file)
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'{path} defines no get_config()')
   config = module.get_config(variant or None)
@@ -47,6 +55,11 @@ def _parse(text: str):
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):
     return text  # A bare word is a string.
+
+
+def _as_tuples(value):
+  """Lists (nested too) as tuples, the form config files use for shapes and widths."""
+  return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def override(config: Config, assignments: Sequence[str]) -> Config:
@@ -72,7 +85,7 @@ def override(config: Config, assignments: Sequence[str]) -> Config:
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
     if isinstance(old, tuple) and isinstance(value, list):
-      value = tuple(value)
+      value = _as_tuples(value)
     try:
       with node.unlocked():
         node[leaf] = value
@@ -90,8 +103,9 @@ def run_config() -> Config:
                        labelled_per_class=0, validation_per_class=0, subset_seed=0,
                        batch_size=256, eval_batch_size=500, data_dir='', in_memory=True))
   c.model = Config(dict(name='conv_classifier', num_classes=10, dropout=0.0,
-                        encoder=dict(widths=(32, 64, 128), convs_per_stage=2, norm='batch',
-                                     features=0)))
+                        encoder=dict(stages=((32, 32), (64, 64), (128, 128)), norm='batch',
+                                     stem='none', downsample='max', pool='mean',
+                                     features=0, input_mean=0.0, input_std=1.0)))
   c.objective = Config(dict(name='classification'))
   c.augment = Config(dict(name='none'))
   c.optimizer = Config(dict(name='adamw', lr=1e-3, weight_decay=1e-4, schedule='cosine',
@@ -101,6 +115,7 @@ def run_config() -> Config:
   c.checkpoint = Config(dict(save_every=0, keep_last=1, keep_best=0, best_metric='',
                              best_mode='max'))
   c.finetune = Config(dict(pretrained='', select='encoder/.*', rename=(), strict=False,
-                           step='latest', new_head='', freeze=''))
+                           step='latest', new_head='', freeze='',
+                           lr_multipliers=()))
   c.parallel = Config(dict(mode='mesh'))
   return c

@@ -1,9 +1,11 @@
 """A whole pre-train → fine-tune recipe, with a from-scratch baseline and a report.
 
-The recipe config has two run configs: `pretrain` and `finetune`. The
-fine-tuning run starts from the pre-training checkpoint; the baseline is the
-same fine-tuning config with no pre-trained weights (same architecture,
-augmentation, epochs and model selection on the validation split).
+The recipe config has two run configs, `pretrain` and `finetune`, and a
+learning-rate grid for each classifier. The fine-tuned classifier starts from
+the pre-training checkpoint; the baseline is the same fine-tuning config with no
+pre-trained weights and no fine-tuning transforms: same architecture,
+augmentation and epochs. Each classifier's learning rate and epoch are chosen
+on the validation split alone; only the chosen model is scored on the test split.
 """
 
 import pathlib
@@ -17,38 +19,52 @@ from jaxpretrain import loop, report
 Config = ml_collections.ConfigDict
 
 
-def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict[str, Any]:
-  """Runs pre-training, fine-tuning and the scratch baseline; writes `report.md`.
+def _classifier_configs(config: Config, pretrain_dir: pathlib.Path) -> dict[str, Config]:
+  finetuned = config.finetune.copy_and_resolve_references()
+  finetuned.finetune.pretrained = str(pretrain_dir)
+  scratch = config.finetune.copy_and_resolve_references()
+  for key, default in scratch.finetune.items():
+    if key not in ('select', 'step', 'strict'):
+      scratch.finetune[key] = type(default)()
+  return {'finetune': finetuned, 'scratch': scratch}
 
-  Each stage resumes (or is skipped if finished) when rerun in the same workdir.
+
+def _choose(trials: dict[str, dict[str, Any]]) -> str:
+  """The trial with the best validation accuracy; lower validation loss breaks ties."""
+  return max(trials, key=lambda t: (trials[t]['best_validation']['accuracy'],
+                                    -trials[t]['best_validation']['loss']))
+
+
+def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict[str, Any]:
+  """Runs pre-training, both classifiers' learning-rate grids, and writes `report.md`.
+
+  Each run resumes (or is skipped if finished) when rerun in the same workdir.
   """
   start = time.time()
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  stages: dict[str, Config] = {'pretrain': config.pretrain}
-  finetuned = config.finetune.copy_and_resolve_references()
-  finetuned.finetune.pretrained = str(workdir / 'pretrain')
-  stages['finetune'] = finetuned
-  scratch = config.finetune.copy_and_resolve_references()
-  scratch.finetune.pretrained = ''
-  scratch.finetune.new_head = ''
-  scratch.finetune.freeze = ''
-  stages['scratch'] = scratch
-  summaries, timings = {}, {}
-  for name, cfg in stages.items():
+  timings = {}
+  t0 = time.time()
+  loop.train(config.pretrain, workdir / 'pretrain', kind='pretrain', progress=progress)
+  timings['pretrain'] = time.time() - t0
+  grids = {'finetune': config.finetune_lrs, 'scratch': config.scratch_lrs}
+  results, trials = {}, {}
+  for name, cfg in _classifier_configs(config, workdir / 'pretrain').items():
     t0 = time.time()
-    summaries[name] = loop.train(cfg, workdir / name,
-                                 kind='pretrain' if name == 'pretrain' else 'finetune',
-                                 progress=progress)
-    timings[name] = time.time() - t0
-  results = {}
-  for name in ('finetune', 'scratch'):
-    t0 = time.time()
-    results[name] = loop.evaluate(stages[name], workdir / name, split=config.test_split,
+    runs = {}
+    for lr in grids[name]:
+      trial = cfg.copy_and_resolve_references()
+      trial.optimizer.lr = lr
+      runs[f'{name}/lr={lr:g}'] = (trial, loop.train(trial, workdir / name / f'lr={lr:g}',
+                                                      kind='finetune', progress=progress))
+    trials[name] = {k: summary for k, (_, summary) in runs.items()}
+    chosen = _choose(trials[name])
+    trial, summary = runs[chosen]
+    results[name] = loop.evaluate(trial, summary['workdir'], split=config.test_split,
                                   step='best')
-    results[name]['best_step'] = summaries[name]['best_step']
-    results[name]['best_epoch'] = summaries[name]['best_step'] / summaries[name][
-        'steps_per_epoch']
-    timings[f'evaluate {name}'] = time.time() - t0
+    results[name].update(run=chosen, workdir=summary['workdir'],
+                         best_epoch=summary['best_step'] / summary['steps_per_epoch'],
+                         validation_accuracy=summary['best_validation']['accuracy'])
+    timings[name] = time.time() - t0
   wall = time.time() - start
-  path = report.write(workdir, config, results, timings, wall)
+  path = report.write(workdir, config, results, trials, timings, wall)
   return {'report': str(path), 'test': results, 'wall_time_s': wall, 'timings_s': timings}

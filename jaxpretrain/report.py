@@ -15,13 +15,13 @@ from jaxpretrain.loop import read_metrics
 
 
 def plot_curves(workdir: pathlib.Path, runs: dict[str, str], path: pathlib.Path) -> None:
-  """Plots pre-training loss and fine-tuning validation accuracy per epoch."""
+  """Plots pre-training loss and, per run directory, validation accuracy per epoch."""
   fig, (ax_pre, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
   pre = [r for r in read_metrics(workdir / 'pretrain') if r['split'] == 'train']
   ax_pre.plot([r['epoch'] for r in pre], [r['loss'] for r in pre])
   ax_pre.set(title='pre-training loss (no labels)', xlabel='epoch', ylabel='loss')
-  for name, label in runs.items():
-    records = read_metrics(workdir / name)
+  for run_dir, label in runs.items():
+    records = read_metrics(run_dir)
     steps_per_epoch = next((r['step'] / r['epoch'] for r in records if r.get('epoch')), 1.0)
     val = [r for r in records if r['split'] == 'validation']
     ax_val.plot([r['step'] / steps_per_epoch for r in val], [r['accuracy'] for r in val],
@@ -33,12 +33,19 @@ def plot_curves(workdir: pathlib.Path, runs: dict[str, str], path: pathlib.Path)
   plt.close(fig)
 
 
-def write(workdir: pathlib.Path, config: Any, results: dict[str, dict[str, float]],
-          timings: dict[str, float], wall_time_s: float) -> pathlib.Path:
+def _trial_rows(trials: dict[str, dict[str, Any]], chosen: str) -> list[str]:
+  return [f'| {name}{" (chosen)" if name == chosen else ""} | '
+          f'{t["best_validation"]["accuracy"]:.2%} | {t["best_validation"]["loss"]:.4f} | '
+          f'{t["best_step"] / t["steps_per_epoch"]:.0f} |' for name, t in trials.items()]
+
+
+def write(workdir: pathlib.Path, config: Any, results: dict[str, dict[str, Any]],
+          trials: dict[str, dict[str, dict[str, Any]]], timings: dict[str, float],
+          wall_time_s: float) -> pathlib.Path:
   """Writes `report.md` and `curves.png` into `workdir`; returns the report's path."""
-  plot_curves(workdir, {'finetune': 'fine-tuned from pre-training', 'scratch': 'from scratch'},
-              workdir / 'curves.png')
   ft, sc = results['finetune'], results['scratch']
+  plot_curves(workdir, {pathlib.Path(ft['workdir']): 'fine-tuned from pre-training',
+                        pathlib.Path(sc['workdir']): 'from scratch'}, workdir / 'curves.png')
   ftc = config.finetune
   lines = [
       f'# {config.get("title", "Pre-train → fine-tune")}', '',
@@ -54,8 +61,11 @@ def write(workdir: pathlib.Path, config: Any, results: dict[str, dict[str, float
       f'Labelled data: {ftc.data.labelled_per_class} training + '
       f'{ftc.data.validation_per_class} validation images per class; both classifiers train '
       f'{ftc.train.epochs} epochs with the same architecture, augmentation and optimizer, and '
-      'each is scored at the epoch with the best validation accuracy.', '',
-      '![learning curves](curves.png)', '',
+      'each picks its learning rate and epoch by validation accuracy alone; only the chosen '
+      'model is scored on the test images.', '',
+      '| run | best validation accuracy | its validation loss | at epoch |', '|---|---|---|---|',
+      *_trial_rows(trials['finetune'], ft['run']), *_trial_rows(trials['scratch'], sc['run']),
+      '', '![learning curves](curves.png)', '',
       '## Wall time', '',
       '| stage | seconds |', '|---|---|',
       *[f'| {k} | {v:.1f} |' for k, v in timings.items()],

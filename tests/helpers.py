@@ -24,7 +24,7 @@ class TinyMLP(nn.Module):
 
 
 def tiny_classifier(norm=None, num_classes=3):
-  return Classifier(encoder=ConvEncoder(widths=(4, 8), convs_per_stage=1, norm=norm),
+  return Classifier(encoder=ConvEncoder(stages=((4,), (8,)), norm=norm),
                     num_classes=num_classes)
 
 

@@ -114,3 +114,20 @@ def test_batch_norm_statistics_live_in_model_state_and_update():
   new, _ = jax.jit(make_train_step(classification()))(state, BATCH)
   assert not np.allclose(new.model_state['batch_stats']['norm']['mean'],
                          state.model_state['batch_stats']['norm']['mean'])
+
+
+def test_lr_multipliers_scale_each_update():
+  base = _create(finetune.identity())
+  scaled = _create(finetune.lr_multipliers([('head/.*', 10.0), ('encoder/stage0.*', 0.0)]))
+  step = jax.jit(make_train_step(classification()))
+  new_base, _ = step(base, BATCH)
+  new_scaled, _ = step(scaled, BATCH)
+  delta = lambda new, old, p: _flat(new)[p] - _flat(old)[p]
+  for p in ('head/dense/kernel', 'head/dense/bias'):
+    np.testing.assert_allclose(delta(new_scaled, scaled, p), 10 * delta(new_base, base, p),
+                               rtol=1e-4, atol=1e-7)
+  np.testing.assert_array_equal(delta(new_scaled, scaled, 'encoder/stage0_conv0/kernel'), 0)
+  np.testing.assert_allclose(delta(new_scaled, scaled, 'encoder/stage1_conv0/kernel'),
+                             delta(new_base, base, 'encoder/stage1_conv0/kernel'), rtol=1e-5)
+  with pytest.raises(ConfigError, match='lr_multipliers rules leave'):
+    _create(finetune.lr_multipliers([('head/.*', 2.0)], default=None))

@@ -1,6 +1,5 @@
 """Runs from configs: CLI, resumption, bad input, the recipe's report (tiny variants)."""
 
-import json
 import shutil
 
 import jax
@@ -25,8 +24,8 @@ def test_unknown_config_key_lists_valid_keys():
 
 
 def test_override_types_are_checked_and_converted():
-  c = _config(PRETRAIN, 'optimizer.lr=1', 'model.encoder.widths=[2,4]', 'parallel.mode=pmap')
-  assert c.optimizer.lr == 1.0 and c.model.encoder.widths == (2, 4)
+  c = _config(PRETRAIN, 'optimizer.lr=1', 'model.encoder.stages=[[2],[4]]', 'parallel.mode=pmap')
+  assert c.optimizer.lr == 1.0 and c.model.encoder.stages == ((2,), (4,))
   assert c.parallel.mode == 'pmap'
   with pytest.raises(ConfigError, match="'train.epochs' holds a int"):
     _config(PRETRAIN, 'train.epochs=many')
@@ -100,6 +99,9 @@ def test_recipe_writes_report_with_both_accuracies(tmp_path):
   report = (tmp_path / 'report.md').read_text()
   assert 'fine-tuned from pre-training' in report and 'from scratch' in report
   assert (tmp_path / 'curves.png').stat().st_size > 1000
-  for run in ('pretrain', 'finetune', 'scratch'):
+  assert '| finetune/lr=0.0003 (chosen) |' in report and '| scratch/lr=0.001 (chosen) |' in report
+  for run in ('pretrain', 'finetune/lr=0.0003', 'scratch/lr=0.001'):
     assert (tmp_path / run / 'metrics.jsonl').exists()
-  json.loads(json.dumps(checkpoint.read_manifest(tmp_path / 'finetune')))
+  chain = checkpoint.read_manifest(tmp_path / 'finetune/lr=0.0003')['finetune']
+  assert [t['name'] for t in chain] == ['from_pretrained', 'new_head', 'lr_multipliers']
+  assert checkpoint.read_manifest(tmp_path / 'scratch/lr=0.001')['finetune'] == []

@@ -45,7 +45,7 @@ def test_padded_examples_weigh_zero():
 
 
 def test_denoising_autoencoder_shapes_and_learning():
-  model = Autoencoder(ConvEncoder(widths=(4, 8), convs_per_stage=1, norm=None),
+  model = Autoencoder(ConvEncoder(stages=((4,), (8,)), norm=None),
                       ConvDecoder(widths=(4,), out_size=8))
   state = _state(model, optax.adam(1e-2))
   out = state.apply_fn(state.variables(), BATCH, train=False)

@@ -50,6 +50,46 @@ def random_erase(prob: float = 0.5, max_size: int = 10) -> Augment:
   return augment
 
 
+def random_resized_crop(scale: tuple[float, float] = (0.6, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Augment:
+  """Crops a random box (area fraction in `scale`, aspect in `ratio`), resized back.
+
+  Sampling is bilinear; outside the image counts as zero.
+  """
+
+  def augment(image, rng):
+    h, w, c = image.shape
+    k_area, k_ratio, k_y, k_x = jax.random.split(rng, 4)
+    area = jax.random.uniform(k_area, (), minval=scale[0], maxval=scale[1])
+    aspect = jnp.exp(jax.random.uniform(k_ratio, (), minval=jnp.log(ratio[0]),
+                                        maxval=jnp.log(ratio[1])))
+    crop_h = jnp.clip(jnp.sqrt(area / aspect), 0.1, 1.0) * h
+    crop_w = jnp.clip(jnp.sqrt(area * aspect), 0.1, 1.0) * w
+    center_y = jax.random.uniform(k_y) * (h - crop_h) + crop_h / 2
+    center_x = jax.random.uniform(k_x) * (w - crop_w) + crop_w / 2
+    grid_y = center_y + ((jnp.arange(h) + 0.5) / h - 0.5)[:, None] * crop_h - 0.5
+    grid_x = center_x + ((jnp.arange(w) + 0.5) / w - 0.5)[None, :] * crop_w - 0.5
+    coords = [jnp.broadcast_to(grid_y, (h, w)), jnp.broadcast_to(grid_x, (h, w))]
+    channels = [jax.scipy.ndimage.map_coordinates(image[..., i], coords, order=1,
+                                                  mode='constant', cval=0.0) for i in range(c)]
+    return jnp.stack(channels, axis=-1)
+
+  return augment
+
+
+def brightness_contrast(brightness: float = 0.15, contrast: float = 0.4) -> Augment:
+  """Scales contrast around the image mean by 1 ± `contrast` and shifts by ± `brightness`."""
+
+  def augment(image, rng):
+    k_c, k_b = jax.random.split(rng)
+    scale = jax.random.uniform(k_c, (), minval=1 - contrast, maxval=1 + contrast)
+    shift = jax.random.uniform(k_b, (), minval=-brightness, maxval=brightness)
+    mean = jnp.mean(image)
+    return (image - mean) * scale + mean + shift
+
+  return augment
+
+
 def compose(*augments: Augment) -> Augment:
   """Applies augmentations in order, each with its own key."""
 
@@ -73,3 +113,10 @@ def standard(max_shift: int = 2, flip: bool = True) -> Augment:
   if flip:
     parts.append(random_flip_left_right())
   return compose(*parts)
+
+
+def crop_flip_jitter(scale: tuple[float, float] = (0.6, 1.0), brightness: float = 0.15,
+                     contrast: float = 0.4) -> Augment:
+  """Stronger augmentation for self-supervised pre-training: resized crop, flip, jitter."""
+  return compose(random_resized_crop(scale), random_flip_left_right(),
+                 brightness_contrast(brightness, contrast))

@@ -1,6 +1,7 @@
 """Small convolutional encoder and decoder for low-resolution images."""
 
 from collections.abc import Sequence
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -8,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 
-def _norm(kind: str | None, train: bool, name: str) -> Any:
+def _norm(kind: str | None, train: bool, name: str, channels: int) -> Any:
   """Normalisation layer by name; `None` for no normalisation."""
   if kind is None or kind == 'none':
     return lambda x: x
@@ -17,47 +18,73 @@ def _norm(kind: str | None, train: bool, name: str) -> Any:
   if kind == 'layer':
     return nn.LayerNorm(name=name)
   if kind == 'group':
-    return nn.GroupNorm(num_groups=8, name=name)
+    # Eight groups where the width allows, fewer for very narrow layers.
+    return nn.GroupNorm(num_groups=math.gcd(8, channels), name=name)
   raise ValueError(f"unknown norm {kind!r}; use 'batch', 'layer', 'group' or None")
 
 
+def space_to_depth(x_BxHxWxC: jax.Array, block: int = 2) -> jax.Array:
+  """Folds each `block`x`block` patch into channels: (B, H, W, C) -> (B, H/b, W/b, b*b*C)."""
+  b, h, w, c = x_BxHxWxC.shape
+  x = x_BxHxWxC.reshape(b, h // block, block, w // block, block, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // block, w // block, block * block * c)
+
+
 class ConvEncoder(nn.Module):
-  """Stages of 3x3 convolutions, each stage halving the resolution.
+  """Stages of 3x3 convolutions with 2x2 pooling between stages.
 
   Attributes:
-    widths: output channels of each stage.
-    convs_per_stage: convolutions in each stage.
+    stages: output channels of each convolution, grouped by stage; the
+      resolution halves between stages.
     norm: 'batch', 'layer', 'group' or None.
-    features: size of the feature vector after global pooling and a dense layer;
-      0 keeps the pooled channels.
+    stem: 'space_to_depth' folds 2x2 pixel blocks into channels first (halving
+      the resolution cheaply), or 'none'.
+    downsample: 'max' or 'avg' pooling between stages.
+    pool: 'mean' (global average) or 'flatten' for the feature vector.
+    features: if > 0, a dense layer with ReLU to this many features at the end.
+    input_mean, input_std: inputs are standardised as `(x - mean) / std` first.
   """
-  widths: Sequence[int] = (32, 64, 128)
-  convs_per_stage: int = 2
+  stages: Sequence[Sequence[int]] = ((32, 32), (64, 64), (128, 128))
   norm: str | None = 'batch'
+  stem: str = 'none'
+  downsample: str = 'max'
+  pool: str = 'mean'
   features: int = 0
+  input_mean: float = 0.0
+  input_std: float = 1.0
 
   @nn.compact
   def __call__(self, image_BxHxWxC: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-    x = image_BxHxWxC
-    for s, width in enumerate(self.widths):
-      for c in range(self.convs_per_stage):
-        x = nn.Conv(width, (3, 3), use_bias=self.norm is None, name=f'stage{s}_conv{c}')(x)
-        x = _norm(self.norm, train, f'stage{s}_norm{c}')(x)
-        x = nn.relu(x)
-      if s < len(self.widths) - 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
+    x = (image_BxHxWxC - self.input_mean) / self.input_std
+    if self.stem == 'space_to_depth':
+      x = space_to_depth(x)
+    elif self.stem != 'none':
+      raise ValueError(f"unknown stem {self.stem!r}; use 'space_to_depth' or 'none'")
+    pool = {'max': nn.max_pool, 'avg': nn.avg_pool}[self.downsample]
+    for s, widths in enumerate(self.stages):
+      if s:
+        x = pool(x, (2, 2), strides=(2, 2), padding='SAME')
+      for c, width in enumerate(widths):
+        x = nn.Conv(width, (3, 3), use_bias=self.norm in (None, 'none'),
+                    name=f'stage{s}_conv{c}')(x)
+        x = nn.relu(_norm(self.norm, train, f'stage{s}_norm{c}', width)(x))
     feature_map = x
-    x = jnp.mean(x, axis=(1, 2))
+    if self.pool == 'flatten':
+      x = x.reshape(x.shape[0], -1)
+    elif self.pool == 'mean':
+      x = jnp.mean(x, axis=(1, 2))
+    else:
+      raise ValueError(f"unknown pool {self.pool!r}; use 'mean' or 'flatten'")
     if self.features:
       x = nn.relu(nn.Dense(self.features, name='fc')(x))
     return {'features': x, 'feature_map': feature_map}
 
 
 class ConvDecoder(nn.Module):
-  """Mirror of `ConvEncoder`: feature map back to an image, by transposed convolutions.
+  """Feature map back to an image, by stride-2 transposed convolutions.
 
   Attributes:
-    widths: channels of each stage, from the deepest.
+    widths: channels of each upsampling stage, from the deepest.
     out_channels: channels of the reconstructed image.
     out_size: height and width of the reconstructed image.
   """
@@ -69,8 +96,7 @@ class ConvDecoder(nn.Module):
   def __call__(self, feature_map_BxhxwxC: jax.Array, *, train: bool = False) -> jax.Array:
     x = feature_map_BxhxwxC
     for s, width in enumerate(self.widths):
-      x = nn.ConvTranspose(width, (3, 3), strides=(2, 2), name=f'up{s}')(x)
-      x = nn.relu(x)
+      x = nn.relu(nn.ConvTranspose(width, (3, 3), strides=(2, 2), name=f'up{s}')(x))
     x = nn.Conv(self.out_channels, (3, 3), name='out')(x)
     return jax.image.resize(x, (x.shape[0], self.out_size, self.out_size, self.out_channels),
                             'bilinear')

@@ -18,7 +18,7 @@ class ClassifierHead(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-  """Two-layer MLP projecting features for a contrastive loss."""
+  """Two-layer MLP on features (a contrastive projection, a pretext-task head)."""
   hidden: int = 256
   out: int = 128
 
@@ -61,14 +61,19 @@ class Autoencoder(nn.Module):
             'reconstruction': self.decoder(out['feature_map'], train=train)}
 
 
-class ContrastiveModel(nn.Module):
-  """Encoder with a projection head; outputs `features` and `projection`."""
+class PretextClassifier(nn.Module):
+  """An encoder with a two-layer MLP head for a pretext task; outputs `features`, `logits`.
+
+  The head lives under `pretext_head/...` and is discarded when fine-tuning
+  grafts `encoder/...`.
+  """
   encoder: nn.Module
+  num_outputs: int = 4
   hidden: int = 256
-  out: int = 128
 
   @nn.compact
   def __call__(self, batch: dict[str, Any], *, train: bool = False) -> dict[str, jax.Array]:
     out = self.encoder(batch['image'], train=train)
-    proj = ProjectionHead(self.hidden, self.out, name='projection')(out['features'], train=train)
-    return {'features': out['features'], 'projection': proj}
+    logits = ProjectionHead(self.hidden, self.num_outputs, name='pretext_head')(
+        out['features'], train=train)
+    return {'features': out['features'], 'logits': logits}

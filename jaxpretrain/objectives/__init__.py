@@ -4,3 +4,4 @@ from jaxpretrain.objectives.common import (Objective, call_model, example_weight
                                            with_augmentation)
 from jaxpretrain.objectives.reconstruction import corrupt, denoising
 from jaxpretrain.objectives.supervised import classification
+from jaxpretrain.objectives.pretext import rotate90, rotation_prediction

@@ -36,3 +36,23 @@ def test_translation_moves_content_and_fills_zeros():
 def test_flip_mirrors_columns():
   np.testing.assert_array_equal(augment.random_flip_left_right(1.0)(IMAGES[0], KEY),
                                 IMAGES[0][:, ::-1])
+
+
+def test_full_scale_resized_crop_and_zero_jitter_are_identity():
+  crop = augment.random_resized_crop(scale=(1.0, 1.0), ratio=(1.0, 1.0))
+  np.testing.assert_allclose(augment.apply_to_batch(crop, IMAGES, KEY), IMAGES, atol=1e-5)
+  still = augment.brightness_contrast(brightness=0.0, contrast=0.0)
+  np.testing.assert_allclose(augment.apply_to_batch(still, IMAGES, KEY), IMAGES, atol=1e-6)
+
+
+def test_resized_crop_zooms_in():
+  image = np.zeros((16, 16, 1), np.float32)
+  image[6:10, 6:10] = 1.0
+  crop = augment.random_resized_crop(scale=(0.25, 0.25), ratio=(1.0, 1.0))
+  out = np.asarray(crop(image, KEY))
+  assert out.shape == image.shape and out.sum() > image.sum()  # the square got bigger
+
+
+def test_jitter_changes_contrast_but_keeps_shape():
+  out = augment.brightness_contrast(0.1, 0.5)(IMAGES[0], KEY)
+  assert out.shape == IMAGES[0].shape and not np.allclose(out, IMAGES[0])
