@@ -29,7 +29,7 @@ def train(state, objective, loader, steps):
 
 def main(pretrain_steps: int, finetune_steps: int, widths: tuple[int, ...], workdir: str):
   train_split = data.data_source('fashion_mnist', 'train')
-  encoder = ConvEncoder(widths=widths)
+  encoder = ConvEncoder(stages=tuple((w,) for w in widths))
 
   print('pre-training a denoising autoencoder on unlabelled images')
   autoencoder = Autoencoder(encoder, ConvDecoder(widths=widths[-2::-1]))

@@ -2,5 +2,5 @@
 
 from jaxpretrain.models.conv import ConvDecoder, ConvEncoder, space_to_depth
 from jaxpretrain.models.core import init_variables, make_apply_fn
-from jaxpretrain.models.heads import (Autoencoder, Classifier, ClassifierHead, 
+from jaxpretrain.models.heads import (Autoencoder, Classifier, ClassifierHead,
                                       PretextClassifier, ProjectionHead)
