@@ -51,15 +51,17 @@ def random_erase(prob: float = 0.5, max_size: int = 10) -> Augment:
 
 
 def random_resized_crop(scale: tuple[float, float] = (0.6, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Augment:
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        flip_prob: float = 0.0) -> Augment:
   """Crops a random box (area fraction in `scale`, aspect in `ratio`), resized back.
 
-  Sampling is bilinear; outside the image counts as zero.
+  Sampling is bilinear; outside the image counts as zero. With `flip_prob`, the
+  sampling grid is mirrored left-right: a flip fused into the same gather.
   """
 
   def augment(image, rng):
     h, w, c = image.shape
-    k_area, k_ratio, k_y, k_x = jax.random.split(rng, 4)
+    k_area, k_ratio, k_y, k_x, k_flip = jax.random.split(rng, 5)
     area = jax.random.uniform(k_area, (), minval=scale[0], maxval=scale[1])
     aspect = jnp.exp(jax.random.uniform(k_ratio, (), minval=jnp.log(ratio[0]),
                                         maxval=jnp.log(ratio[1])))
@@ -68,7 +70,8 @@ def random_resized_crop(scale: tuple[float, float] = (0.6, 1.0),
     center_y = jax.random.uniform(k_y) * (h - crop_h) + crop_h / 2
     center_x = jax.random.uniform(k_x) * (w - crop_w) + crop_w / 2
     grid_y = center_y + ((jnp.arange(h) + 0.5) / h - 0.5)[:, None] * crop_h - 0.5
-    grid_x = center_x + ((jnp.arange(w) + 0.5) / w - 0.5)[None, :] * crop_w - 0.5
+    direction = jnp.where(jax.random.bernoulli(k_flip, flip_prob), -1.0, 1.0)
+    grid_x = center_x + direction * ((jnp.arange(w) + 0.5) / w - 0.5)[None, :] * crop_w - 0.5
     coords = [jnp.broadcast_to(grid_y, (h, w)), jnp.broadcast_to(grid_x, (h, w))]
     channels = [jax.scipy.ndimage.map_coordinates(image[..., i], coords, order=1,
                                                   mode='constant', cval=0.0) for i in range(c)]
@@ -118,5 +121,5 @@ def standard(max_shift: int = 2, flip: bool = True) -> Augment:
 def crop_flip_jitter(scale: tuple[float, float] = (0.6, 1.0), brightness: float = 0.15,
                      contrast: float = 0.4) -> Augment:
   """Stronger augmentation for self-supervised pre-training: resized crop, flip, jitter."""
-  return compose(random_resized_crop(scale), random_flip_left_right(),
+  return compose(random_resized_crop(scale, flip_prob=0.5),
                  brightness_contrast(brightness, contrast))

@@ -56,3 +56,8 @@ def test_resized_crop_zooms_in():
 def test_jitter_changes_contrast_but_keeps_shape():
   out = augment.brightness_contrast(0.1, 0.5)(IMAGES[0], KEY)
   assert out.shape == IMAGES[0].shape and not np.allclose(out, IMAGES[0])
+
+
+def test_resized_crop_fused_flip_mirrors():
+  crop = augment.random_resized_crop(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=1.0)
+  np.testing.assert_allclose(crop(IMAGES[0], KEY), IMAGES[0][:, ::-1], atol=1e-5)
