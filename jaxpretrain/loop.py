@@ -127,8 +127,36 @@ def _evaluate(engine: _Engine, placed_state: Any, batches: Iterable[dict]) -> di
   return acc.result()
 
 
-def _identity(config: Config, kind: str) -> dict[str, Any]:
-  return {'kind': kind, 'model': config.model.to_dict(), 'objective': config.objective.name}
+def _checkpointer(config: Config, workdir: pathlib.Path, kind: str, *,
+                  save_every: int) -> checkpoint.Checkpointer:
+  cfg = config.checkpoint
+  return checkpoint.Checkpointer(
+      workdir / 'checkpoints', save_every=cfg.get('save_every', 0) or save_every,
+      keep_last=cfg.get('keep_last', 1), keep_best=cfg.get('keep_best', 0),
+      best_metric=cfg.get('best_metric') or None, best_mode=cfg.get('best_mode', 'max'),
+      manifest={'config': json.loads(config.to_json_best_effort()), 'kind': kind,
+                'finetune': list(build.transform(config.get('finetune')).spec)},
+      # Checkpoints of a different model, objective or kind of run never mix with these.
+      run_identity={'kind': kind, 'model': config.model.to_dict(),
+                    'objective': config.objective.name})
+
+
+class _TrainWindow:
+  """Training metrics since the last log line, and the throughput over them."""
+
+  def __init__(self):
+    self.metrics, self.examples, self.start = [], 0, time.perf_counter()
+
+  def add(self, metrics: dict, examples: int) -> None:
+    self.metrics.append(metrics)
+    self.examples += examples
+
+  def flush(self, unbatch: Callable[[dict], dict]) -> dict[str, float]:
+    host = [jax.device_get(unbatch(m)) for m in self.metrics]
+    means = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != 'model_state'}
+    means['examples_per_sec'] = self.examples / max(time.perf_counter() - self.start, 1e-9)
+    self.__init__()
+    return means
 
 
 def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain',
@@ -156,15 +184,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
                             'training examples; lower it.')
   total = cfg_t.get('steps', 0) or cfg_t.epochs * steps_per_epoch
   eval_every = cfg_t.get('eval_every_steps', 0) or steps_per_epoch
-  ckpt_cfg = config.checkpoint
-  ckpt = checkpoint.Checkpointer(
-      workdir / 'checkpoints', save_every=ckpt_cfg.get('save_every', 0) or eval_every,
-      keep_last=ckpt_cfg.get('keep_last', 1), keep_best=ckpt_cfg.get('keep_best', 0),
-      best_metric=ckpt_cfg.get('best_metric') or None,
-      best_mode=ckpt_cfg.get('best_mode', 'max'),
-      manifest={'config': json.loads(config.to_json_best_effort()), 'kind': kind,
-                'finetune': list(build.transform(config.get('finetune')).spec)},
-      run_identity=_identity(config, kind))
+  ckpt = _checkpointer(config, workdir, kind, save_every=eval_every)
   resuming = ckpt.latest_step() is not None
   # When resuming, the run's own checkpoint replaces any pre-trained weights.
   ft_cfg = config.get('finetune')
@@ -189,22 +209,18 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   step = int(state.step)
   bar = tqdm.tqdm(total=total, initial=step, disable=not progress, dynamic_ncols=True,
                   desc=f'{kind} {workdir.name}')
-  window, window_start, window_examples = [], time.time(), 0
+  window = _TrainWindow()
   while step < total:
     placed, metrics = engine.train_step(placed, engine.place_batch(next(loader)))
     step += 1
-    window.append(metrics)
-    window_examples += batch_size
-    if step % cfg_t.get('log_every', 50) == 0 or step == total or step % eval_every == 0:
-      means = {k: float(np.mean([jax.device_get(engine.unbatch_metrics(m))[k] for m in window]))
-               for k in window[0] if k != 'model_state'}
-      means['examples_per_sec'] = window_examples / max(time.time() - window_start, 1e-9)
-      means['epoch'] = step / steps_per_epoch
+    window.add(metrics, batch_size)
+    bar.update(1)
+    at_eval = step % eval_every == 0 or step == total
+    if step % cfg_t.get('log_every', 50) == 0 or at_eval:
+      means = window.flush(engine.unbatch_metrics) | {'epoch': step / steps_per_epoch}
       log.write(step, 'train', means)
       bar.set_postfix(loss=f"{means['loss']:.4f}", ex_s=f"{means['examples_per_sec']:.0f}")
-      window, window_start, window_examples = [], time.time(), 0
-    bar.update(1)
-    if step % eval_every == 0 or step == total:
+    if at_eval:
       val = {}
       if val_src is not None:
         val = _evaluate(engine, placed,
@@ -212,6 +228,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
         log.write(step, 'validation', val)
       ckpt.save(engine.host_state(placed), data_state=loader.get_state(), metrics=val,
                 force=step == total)
+      window = _TrainWindow()  # Throughput counts training steps only.
   bar.close()
   ckpt.wait()
   log.close()
