@@ -86,11 +86,14 @@ class Checkpointer:
       policies.append(checkpoint_managers.BestN(
           get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min', n=keep_best,
           keep_checkpoints_without_metrics=False))
-    options = ocp.CheckpointManagerOptions(
-        save_decision_policy=checkpoint_managers.FixedIntervalPolicy(save_every),
-        enable_async_checkpointing=async_save,
-        read_only=read_only,
-        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             save_interval_steps=0)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          save_decision_policy=checkpoint_managers.FixedIntervalPolicy(save_every),
+          enable_async_checkpointing=async_save,
+          preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_handlers=_item_handlers())
     if read_only and self.latest_step() is not None and not best_metric:
