@@ -13,16 +13,16 @@ common = import_file(pathlib.Path(__file__).with_name('fashion_mnist_common.py')
 
 def get_config(variant=None):
   c = run_config()
-  c.data.batch_size = 512
+  c.data.batch_size = 256
   c.model.name = 'conv_pretext'
   c.model.encoder = common.encoder(variant)
   c.model.pretext_head = dict(hidden=256, num_outputs=4)
   c.objective = dict(name='rotation_prediction')
   c.augment = dict(name='crop_flip_jitter', scale=(0.6, 1.0), brightness=0.14, contrast=0.4)
   c.optimizer.lr = 2e-3
-  c.optimizer.warmup_steps = 50
-  c.train.steps = 1000
-  c.train.eval_every_steps = 250
+  c.optimizer.warmup_steps = 110
+  c.train.steps = 2200
+  c.train.eval_every_steps = 550
   if variant == 'tiny':
     c.model.pretext_head.hidden = 8
     c.data.batch_size = 16

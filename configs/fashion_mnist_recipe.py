@@ -25,10 +25,13 @@ def get_config(variant=None):
   c.test_split = 'test'
   c.pretrain = _load('fashion_mnist_pretrain.py', variant)
   c.finetune = _load('fashion_mnist_finetune.py', variant)
+  # Linear probe first (LP-FT): the head is fitted on frozen features, then all is fine-tuned.
+  c.probe = dict(epochs=30, lr=1e-2, weight_decay=1e-3)
   c.finetune_lrs = (1e-4, 3e-4)
   c.scratch_lrs = (1e-3, 3e-3)
   if variant == 'tiny':
     c.test_split = 'test[:64]'
     c.finetune_lrs = (3e-4,)
     c.scratch_lrs = (1e-3,)
+    c.probe.epochs = 2
   return c

@@ -63,6 +63,10 @@ def write(workdir: pathlib.Path, config: Any, results: dict[str, dict[str, Any]]
       f'{ftc.train.epochs} epochs with the same architecture, augmentation and optimizer, and '
       'each picks its learning rate and epoch by validation accuracy alone; only the chosen '
       'model is scored on the test images.', '',
+      *([f'Before fine-tuning, the pre-trained classifier fits a new head on the frozen encoder '
+         f'for {config.probe.epochs} epochs (linear probe, no augmentation), then trains '
+         'everything (LP-FT); the scratch classifier has nothing to probe.', '']
+        if config.get('probe', {}).get('epochs', 0) else []),
       '| run | best validation accuracy | its validation loss | at epoch |', '|---|---|---|---|',
       *_trial_rows(trials['finetune'], ft['run']), *_trial_rows(trials['scratch'], sc['run']),
       '', '![learning curves](curves.png)', '',

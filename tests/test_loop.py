@@ -102,6 +102,10 @@ def test_recipe_writes_report_with_both_accuracies(tmp_path):
   assert '| finetune/lr=0.0003 (chosen) |' in report and '| scratch/lr=0.001 (chosen) |' in report
   for run in ('pretrain', 'finetune/lr=0.0003', 'scratch/lr=0.001'):
     assert (tmp_path / run / 'metrics.jsonl').exists()
+  probe = checkpoint.read_manifest(tmp_path / 'probe')['finetune']
+  assert [t['name'] for t in probe] == ['from_pretrained', 'new_head', 'freeze']
   chain = checkpoint.read_manifest(tmp_path / 'finetune/lr=0.0003')['finetune']
-  assert [t['name'] for t in chain] == ['from_pretrained', 'new_head', 'lr_multipliers']
+  assert [t['name'] for t in chain] == ['from_pretrained']
+  assert chain[0]['source'].endswith('probe') and chain[0]['select'] == '.*'
+  assert 'linear probe' in report
   assert checkpoint.read_manifest(tmp_path / 'scratch/lr=0.001')['finetune'] == []
