@@ -25,14 +25,10 @@ VERSION = '0.1.0'
 StepSpec = int | str | None
 
 
-def _path_str(path) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
-                  for k in path)
-
-
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_path_str(p): tuple(getattr(x, 'shape', np.shape(x))) for p, x in leaves}
+  return {tree_lib.key_path_str(p): tuple(getattr(x, 'shape', np.shape(x)))
+          for p, x in leaves}
 
 
 def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
@@ -227,7 +223,7 @@ def restore_params(path: str | os.PathLike, *, step: StepSpec = None) -> dict[st
   reader = open_checkpoints(path)
   step = reader.resolve(step)
   meta = jax.tree_util.tree_flatten_with_path(reader._manager.item_metadata(step)['state'])[0]
-  flat = {_path_str(p): m for p, m in meta}
+  flat = {tree_lib.key_path_str(p): m for p, m in meta}
   wanted = {}
   for part in ('params', 'frozen'):
     sub = {p[len(part) + 1:]: jax.ShapeDtypeStruct(m.shape, m.dtype)

@@ -127,6 +127,19 @@ def _evaluate(engine: _Engine, placed_state: Any, batches: Iterable[dict]) -> di
   return acc.result()
 
 
+def _without_pretrained(config: Config) -> Config | None:
+  """The fine-tuning section minus its pre-trained source.
+
+  A run restoring its own checkpoint needs the transform's parameter structure
+  (which parameters are frozen), not the pre-trained weights it started from.
+  """
+  ft_cfg = config.get('finetune')
+  if ft_cfg is not None:
+    ft_cfg = ft_cfg.copy_and_resolve_references()
+    ft_cfg.pretrained = ''
+  return ft_cfg
+
+
 def _checkpointer(config: Config, workdir: pathlib.Path, kind: str, *,
                   save_every: int) -> checkpoint.Checkpointer:
   cfg = config.checkpoint
@@ -187,10 +200,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   ckpt = _checkpointer(config, workdir, kind, save_every=eval_every)
   resuming = ckpt.latest_step() is not None
   # When resuming, the run's own checkpoint replaces any pre-trained weights.
-  ft_cfg = config.get('finetune')
-  if resuming and ft_cfg is not None:
-    ft_cfg = ft_cfg.copy_and_resolve_references()
-    ft_cfg.pretrained = ''
+  ft_cfg = _without_pretrained(config) if resuming else config.get('finetune')
   loader = data_lib.train_loader(train_src, batch_size=batch_size, seed=config.seed)
   example = data_lib.load_split(data_lib.subset(train_src, np.arange(batch_size)))
   model = build.model(config.model)
@@ -253,10 +263,7 @@ def evaluate(config: Config, workdir: str | pathlib.Path, *, split: str,
   Returns:
     Mean metrics over the split, and `examples`.
   """
-  ft_cfg = config.get('finetune')
-  if ft_cfg is not None:
-    ft_cfg = ft_cfg.copy_and_resolve_references()
-    ft_cfg.pretrained = ''
+  ft_cfg = _without_pretrained(config)
   source = _source(config.data, split)
   example = data_lib.load_split(data_lib.subset(source, np.arange(config.data.eval_batch_size)))
   objective = build.objective(config.objective)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from jaxpretrain import tree as tree_lib
 from jaxpretrain.errors import BatchError
 
 DATA_AXIS = 'data'
@@ -71,8 +72,7 @@ def state_shardings(state: Any, mesh: Mesh, rules: ShardingRules = ()) -> Any:
   compiled = [(re.compile(p), spec) for p, spec in rules]
 
   def spec_for(path, leaf) -> NamedSharding:
-    name = '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
-                    for k in path)
+    name = tree_lib.key_path_str(path)
     for regex, spec in compiled:
       if regex.search(name) and len(spec) <= getattr(leaf, 'ndim', 0):
         return NamedSharding(mesh, spec)

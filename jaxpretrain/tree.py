@@ -22,6 +22,12 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return traverse_util.unflatten_dict(dict(flat), sep='/') if flat else {}
 
 
+def key_path_str(key_path: Sequence[Any]) -> str:
+  """`/`-joined form of a `jax.tree_util` key path (dict keys, indices, attributes)."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
+                  for k in key_path)
+
+
 def merge(*trees: Mapping[str, Any]) -> dict[str, Any]:
   """Merges nested dicts with disjoint leaves (e.g. trainable and frozen)."""
   flat = {}
