@@ -5,6 +5,8 @@ import re
 from typing import Any
 
 from flax import traverse_util
+import jax
+import numpy as np
 
 from jaxpretrain.errors import ConfigError
 
@@ -76,3 +78,14 @@ def matching(tree: Mapping[str, Any], pattern: str) -> list[str]:
   """Paths of the leaves whose `/`-joined path fully matches `pattern`."""
   regex = re.compile(pattern)
   return [p for p in flatten(tree) if regex.fullmatch(p)]
+
+
+def size(tree: PyTree) -> int:
+  """Number of array elements in a pytree (arrays or `jax.ShapeDtypeStruct`s)."""
+  return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
+
+
+def nbytes(tree: PyTree) -> int:
+  """Bytes held by the arrays of a pytree (arrays or `jax.ShapeDtypeStruct`s)."""
+  return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))

@@ -5,7 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpretrain import parallel
 from jaxpretrain.models import Classifier, ConvEncoder
+from jaxpretrain.objectives import classification
+from jaxpretrain.step import make_train_step
 
 
 class TinyMLP(nn.Module):
@@ -46,3 +49,29 @@ def assert_trees_close(a, b, atol=1e-5, rtol=1e-5):
 
 def to_numpy(tree):
   return jax.tree.map(lambda x: np.array(jnp.asarray(x)), tree)
+
+
+# The same training run on one device, jit over a mesh of all devices, and pmap.
+
+def run_single(state, batches, objective=None):
+  step = jax.jit(make_train_step(objective or classification()))
+  for b in batches:
+    state, metrics = step(state, b)
+  return state, metrics
+
+
+def run_mesh(state, batches, objective=None):
+  mesh = parallel.make_mesh()
+  step = parallel.jit(make_train_step(objective or classification()), mesh, state)
+  state = parallel.place_state(state, mesh)
+  for b in batches:
+    state, metrics = step(state, parallel.shard_batch(b, mesh))
+  return state, metrics
+
+
+def run_pmap(state, batches, objective=None):
+  step = parallel.pmap(make_train_step(objective or classification(), axis_name='batch'))
+  state = parallel.replicate(state)
+  for b in batches:
+    state, metrics = step(state, parallel.split_for_pmap(b))
+  return parallel.unreplicate(state), parallel.unreplicate(metrics)

@@ -10,7 +10,8 @@ from jaxpretrain.errors import BatchError
 from jaxpretrain.finetune import create_state, identity
 from jaxpretrain.objectives import classification
 from jaxpretrain.step import make_eval_step, make_train_step
-from tests.helpers import assert_trees_close, image_batch, tiny_classifier, to_numpy
+from tests.helpers import (assert_trees_close, image_batch, run_mesh, run_pmap, run_single,
+                           tiny_classifier, to_numpy)
 
 STEPS = 5
 
@@ -24,30 +25,6 @@ def _batches():
   return [image_batch(16, seed=s) for s in range(STEPS)]
 
 
-def _run_single(state, batches):
-  step = jax.jit(make_train_step(classification()))
-  for b in batches:
-    state, metrics = step(state, b)
-  return state, metrics
-
-
-def _run_mesh(state, batches):
-  mesh = parallel.make_mesh()
-  step = parallel.jit(make_train_step(classification()), mesh, state)
-  state = parallel.place_state(state, mesh)
-  for b in batches:
-    state, metrics = step(state, parallel.shard_batch(b, mesh))
-  return state, metrics
-
-
-def _run_pmap(state, batches):
-  step = parallel.pmap(make_train_step(classification(), axis_name='batch'))
-  state = parallel.replicate(state)
-  for b in batches:
-    state, metrics = step(state, parallel.split_for_pmap(b))
-  return parallel.unreplicate(state), parallel.unreplicate(metrics)
-
-
 def test_eight_devices():
   assert jax.device_count() == 8
 
@@ -55,7 +32,7 @@ def test_eight_devices():
 def test_single_mesh_and_pmap_agree_over_five_adamw_steps():
   batches = _batches()
   init = to_numpy(_state(batches[0]))
-  results = [run(init, batches) for run in (_run_single, _run_mesh, _run_pmap)]
+  results = [run(init, batches) for run in (run_single, run_mesh, run_pmap)]
   (ref_state, ref_metrics), *others = results
   assert ref_metrics['loss'] < 1.2  # it trained
   for state, metrics in others:

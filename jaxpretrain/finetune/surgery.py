@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import functools
 import logging
 import re
 import zlib
@@ -14,8 +15,11 @@ import numpy as np
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.errors import CheckpointMismatchError
 from jaxpretrain.finetune.base import Params, Transform, make_transform
+from jaxpretrain.finetune.reshape import Adapter, adapter
 
 Source = str | Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+# `(regex, adapter)` or `(regex, adapter name)` or `(regex, adapter name, {kwargs})`.
+ReshapeRule = tuple[str, str | Adapter] | tuple[str, str, Mapping[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,10 +28,12 @@ class GraftReport:
   loaded: tuple[str, ...]
   missing: tuple[str, ...]      # selected in the model, absent from the checkpoint: kept at init
   unexpected: tuple[str, ...]   # selected in the checkpoint, absent from the model: unused
+  reshaped: tuple[str, ...] = ()  # loaded through a shape adapter, as 'path: old → new'
 
   def __str__(self) -> str:
-    lines = [f'loaded {len(self.loaded)}, missing {len(self.missing)}, '
-             f'unexpected {len(self.unexpected)} parameter(s)']
+    lines = [f'loaded {len(self.loaded)} (reshaped {len(self.reshaped)}), missing '
+             f'{len(self.missing)}, unexpected {len(self.unexpected)} parameter(s)']
+    lines += [f'  reshaped: {p}' for p in self.reshaped]
     lines += [f'  missing (left at init): {p}' for p in self.missing]
     lines += [f'  unexpected (unused): {p}' for p in self.unexpected]
     return '\n'.join(lines)
@@ -40,9 +46,14 @@ def _rename(path: str, rename: Sequence[tuple[str, str]]) -> str:
   return path
 
 
+def _adapters(rules: Sequence[ReshapeRule]) -> list[tuple[re.Pattern, Adapter]]:
+  return [(re.compile(r[0]), adapter(r[1], **(dict(r[2]) if len(r) > 2 else {})))
+          for r in rules]
+
+
 def graft(params: Params, pretrained: Mapping[str, Any], *, select: str = '.*',
-          rename: Sequence[tuple[str, str]] = (), strict: bool = False
-          ) -> tuple[Params, GraftReport]:
+          rename: Sequence[tuple[str, str]] = (), strict: bool = False,
+          reshape: Sequence[ReshapeRule] = ()) -> tuple[Params, GraftReport]:
   """Copies pre-trained parameters into a model's parameter tree.
 
   Args:
@@ -52,34 +63,44 @@ def graft(params: Params, pretrained: Mapping[str, Any], *, select: str = '.*',
     rename: `(regex, replacement)` rules mapping checkpoint paths to model
       paths; the first full match wins, e.g. `[('backbone/(.*)', r'encoder/\\1')]`.
     strict: raise if any selected parameter is missing or unexpected.
+    reshape: `(regex, adapter)` rules for parameters whose shapes differ, e.g.
+      `[('embed/embedding', 'resize_vocab')]` (see `finetune.reshape`); the
+      first rule matching the model path applies.
 
   Returns:
     The new parameters and a `GraftReport`.
 
   Raises:
-    CheckpointMismatchError: on a shape mismatch, or in strict mode.
+    CheckpointMismatchError: on a shape mismatch no reshape rule covers, or in
+      strict mode.
   """
   regex = re.compile(select)
+  adapters = _adapters(reshape)
   source = {_rename(p, rename): v for p, v in tree_lib.flatten(pretrained).items()}
   source = {p: v for p, v in source.items() if regex.fullmatch(p)}
   flat = tree_lib.flatten(params)
-  loaded, missing = [], []
+  loaded, missing, reshaped = [], [], []
   for path, leaf in flat.items():
     if not regex.fullmatch(path):
       continue
     if path not in source:
       missing.append(path)
       continue
-    value = source[path]
-    if tuple(np.shape(value)) != tuple(np.shape(leaf)):
-      raise CheckpointMismatchError(
-          f'parameter {path!r} has shape {tuple(np.shape(value))} in the checkpoint but '
-          f'{tuple(np.shape(leaf))} in the model; build the model with the pre-trained '
-          'configuration, or leave this parameter out of `select` (e.g. start a new_head).')
+    value, old_shape, new_shape = source[path], tuple(np.shape(source[path])), np.shape(leaf)
+    if old_shape != tuple(new_shape):
+      fit = next((a for r, a in adapters if r.fullmatch(path)), None)
+      if fit is None:
+        raise CheckpointMismatchError(
+            f'parameter {path!r} has shape {old_shape} in the checkpoint but {new_shape} in '
+            'the model; build the model with the pre-trained configuration, give a reshape '
+            "rule (e.g. reshape=[(path, 'resize_vocab')]), or leave this parameter out of "
+            '`select` (e.g. start a new_head).')
+      value = fit(jnp.asarray(value), leaf)
+      reshaped.append(f'{path}: {old_shape} → {tuple(new_shape)}')
     flat[path] = jnp.asarray(value, dtype=leaf.dtype)
     loaded.append(path)
   unexpected = sorted(p for p in source if p not in flat)
-  report = GraftReport(tuple(loaded), tuple(missing), tuple(unexpected))
+  report = GraftReport(tuple(loaded), tuple(missing), tuple(unexpected), tuple(reshaped))
   if strict and (missing or unexpected):
     raise CheckpointMismatchError(f'strict from_pretrained: {report}\nrename or select the '
                                   'parameters so that the two trees agree, or pass strict=False.')
@@ -93,7 +114,8 @@ def graft(params: Params, pretrained: Mapping[str, Any], *, select: str = '.*',
 
 def from_pretrained(source: Source, *, select: str = '.*',
                     rename: Sequence[tuple[str, str]] = (), strict: bool = False,
-                    step: int | str | None = None) -> Transform:
+                    step: int | str | None = None, reshape: Sequence[ReshapeRule] = ()
+                    ) -> Transform:
   """Grafts parameters from a checkpoint (or a parameter tree) into the model.
 
   Args:
@@ -102,7 +124,10 @@ def from_pretrained(source: Source, *, select: str = '.*',
     select: regex over `/`-joined paths of the parameters to graft.
     rename: `(regex, replacement)` rules from checkpoint paths to model paths.
     strict: missing or unexpected parameters are an error.
-    step: checkpoint step to load: an int, 'best' or 'latest' (default).
+    step: checkpoint step to load: an int, 'best' (by the run's validation
+      metric) or 'latest' (default).
+    reshape: shape adapters by regex, e.g. `[('.*pos_embedding',
+      'interpolate_positions', {'prefix_tokens': 1, 'grid': True})]`.
   """
   from jaxpretrain import checkpoint  # Imported here: only needed for paths.
 
@@ -111,14 +136,24 @@ def from_pretrained(source: Source, *, select: str = '.*',
       pretrained = checkpoint.restore_params(source, step=step)
     else:
       pretrained = source() if callable(source) else source
-    params, report = graft(params, pretrained, select=select, rename=rename, strict=strict)
+    params, report = graft(params, pretrained, select=select, rename=rename, strict=strict,
+                           reshape=reshape)
     logging.info('from_pretrained: %s', report)
     return params
 
   return make_transform('from_pretrained', init=init,
                         source=source if isinstance(source, str) else '<params>',
                         select=select, rename=[list(r) for r in rename], strict=strict,
-                        step=step)
+                        step=step, reshape=[_rule_spec(r) for r in reshape])
+
+
+def _rule_spec(rule: ReshapeRule) -> list[Any]:
+  """A reshape rule as JSON: adapter functions by their name."""
+  fn = rule[1]
+  if isinstance(fn, functools.partial):  # The library's adapters: name and arguments.
+    return [rule[0], fn.func.__name__.lstrip('_'), dict(fn.keywords)]
+  name = fn if isinstance(fn, str) else getattr(fn, '__name__', type(fn).__name__)
+  return [rule[0], name, *[dict(r) for r in rule[2:]]]
 
 
 def _path_key(rng: jax.Array, path: str) -> jax.Array:
