@@ -90,20 +90,56 @@ def optimizer(cfg: Config, total_steps: int) -> optax.GradientTransformation:
   return _pick(OPTIMIZERS, cfg.name, 'optimizer')(learning_rate(cfg, total_steps), cfg)
 
 
-def transform(cfg: Config | None) -> finetune.Transform:
-  """The fine-tuning chain described by a `finetune` config section (identity if none)."""
+def _step(value: str | int) -> str | int:
+  return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def transform(cfg: Config | None, learning_rate: optax.Schedule | None = None
+              ) -> finetune.Transform:
+  """The fine-tuning chain described by a `finetune` config section (identity if none).
+
+  The parts apply in a fixed order: weights (pretrained, new_head, reinit,
+  lora), what trains (freeze, linear_probe, bitfit), penalties (weight_decay,
+  l2sp), gradual unfreezing, then per-parameter rates. Unset keys add nothing.
+
+  Args:
+    cfg: the `finetune` section of a run config.
+    learning_rate: the optimizer's schedule, which `weight_decay` scales by.
+  """
   if cfg is None:
     return finetune.identity()
+  head = cfg.get('head', 'head/.*') or None
   parts = []
   if cfg.get('pretrained'):
     parts.append(finetune.from_pretrained(
         cfg.pretrained, select=cfg.get('select', '.*'),
         rename=[tuple(r) for r in cfg.get('rename', ())], strict=cfg.get('strict', False),
-        step=cfg.get('step', 'latest')))
+        step=_step(cfg.get('step', 'latest')), reshape=[tuple(r) for r in cfg.get('reshape', ())]))
   if cfg.get('new_head'):
     parts.append(finetune.new_head(cfg.new_head))
+  if cfg.get('reinit'):
+    parts.append(finetune.reinit(cfg.reinit))
+  lora = cfg.get('lora')
+  if lora is not None and lora.get('rank', 0):
+    parts.append(finetune.lora(lora.rank, lora.get('alpha') or None, targets=lora.targets,
+                               dropout=lora.get('dropout', 0.0), head=head,
+                               stacked=cfg.get('stacked') or None))
   if cfg.get('freeze'):
     parts.append(finetune.freeze(cfg.freeze))
+  if cfg.get('linear_probe'):
+    parts.append(finetune.linear_probe(head or '$^'))
+  if cfg.get('bitfit'):
+    parts.append(finetune.bitfit(head))
+  if cfg.get('weight_decay'):
+    parts.append(finetune.weight_decay(cfg.weight_decay, learning_rate=learning_rate,
+                                       mask=cfg.get('weight_decay_mask') or None))
+  if cfg.get('l2sp'):
+    parts.append(finetune.l2sp(cfg.l2sp))
+  if cfg.get('unfreeze_schedule'):
+    parts.append(finetune.unfreeze_schedule([tuple(e) for e in cfg.unfreeze_schedule]))
   if cfg.get('lr_multipliers'):
     parts.append(finetune.lr_multipliers([tuple(r) for r in cfg.lr_multipliers]))
+  if cfg.get('layerwise_lr_decay'):
+    parts.append(finetune.layerwise_lr_decay(cfg.layerwise_lr_decay, head=head or '$^',
+                                             stacked=cfg.get('stacked') or None))
   return finetune.chain(*parts)

@@ -114,8 +114,11 @@ def run_config() -> Config:
                         clip=0.0))
   c.checkpoint = Config(dict(save_every=0, keep_last=1, keep_best=0, best_metric='',
                              best_mode='max'))
-  c.finetune = Config(dict(pretrained='', select='encoder/.*', rename=(), strict=False,
-                           step='latest', new_head='', freeze='',
-                           lr_multipliers=()))
+  c.finetune = Config(dict(
+      pretrained='', select='encoder/.*', rename=(), strict=False, step='latest', reshape=(),
+      head='head/.*', new_head='', reinit='',
+      lora=dict(rank=0, alpha=0.0, targets='encoder/.*kernel', dropout=0.0),
+      freeze='', linear_probe=False, bitfit=False, weight_decay=0.0, weight_decay_mask='',
+      l2sp=0.0, unfreeze_schedule=(), lr_multipliers=(), layerwise_lr_decay=0.0, stacked=''))
   c.parallel = Config(dict(mode='mesh'))
   return c

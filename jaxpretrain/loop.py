@@ -140,6 +140,15 @@ def _without_pretrained(config: Config) -> Config | None:
   return ft_cfg
 
 
+def _create_state(config: Config, ft_cfg: Config | None, total_steps: int,
+                  example: dict) -> Any:
+  """The run's model, fine-tuning chain and optimizer, as a train state at step 0."""
+  schedule = build.learning_rate(config.optimizer, total_steps)
+  return create_state(build.model(config.model), build.transform(ft_cfg, schedule),
+                      tx=build.optimizer(config.optimizer, total_steps),
+                      rng=jax.random.PRNGKey(config.seed), example_batch=example)
+
+
 def _checkpointer(config: Config, workdir: pathlib.Path, kind: str, *,
                   save_every: int) -> checkpoint.Checkpointer:
   cfg = config.checkpoint
@@ -203,11 +212,9 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   ft_cfg = _without_pretrained(config) if resuming else config.get('finetune')
   loader = data_lib.train_loader(train_src, batch_size=batch_size, seed=config.seed)
   example = data_lib.load_split(data_lib.subset(train_src, np.arange(batch_size)))
-  model = build.model(config.model)
   objective = build.objective(config.objective, config.get('augment'))
   eval_objective = build.objective(config.objective)
-  state = create_state(model, build.transform(ft_cfg), tx=build.optimizer(config.optimizer, total),
-                       rng=jax.random.PRNGKey(config.seed), example_batch=example)
+  state = _create_state(config, ft_cfg, total, example)
   if resuming:
     state, data_state = ckpt.restore(state)
     loader.set_state(data_state)
@@ -267,9 +274,7 @@ def evaluate(config: Config, workdir: str | pathlib.Path, *, split: str,
   source = _source(config.data, split)
   example = data_lib.load_split(data_lib.subset(source, np.arange(config.data.eval_batch_size)))
   objective = build.objective(config.objective)
-  state = create_state(build.model(config.model), build.transform(ft_cfg),
-                       tx=build.optimizer(config.optimizer, 1), rng=jax.random.PRNGKey(0),
-                       example_batch=example)
+  state = _create_state(config, ft_cfg, 1, example)
   with checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints', read_only=True) as ckpt:
     state, _ = ckpt.restore(state, step=step)
   engine = _engine(config.parallel.mode, objective, objective, state, 1, None)

@@ -93,6 +93,29 @@ def test_finetune_from_pretrained_selects_best_epoch_and_evaluates(tmp_path):
   assert result['examples'] == 40 and 0.0 <= result['accuracy'] <= 1.0
 
 
+def test_lora_finetune_resumes_bitwise_and_its_manifest_names_source_and_chain(tmp_path):
+  loop.train(_config(PRETRAIN), tmp_path / 'pre', progress=False)
+  config = _config(FINETUNE, f'finetune.pretrained={tmp_path / "pre"}', 'finetune.lora.rank=2',
+                   'finetune.layerwise_lr_decay=0.8', 'checkpoint.keep_last=2')
+  loop.train(config, tmp_path / 'ft', kind='finetune', progress=False)
+  reader = checkpoint.open_checkpoints(tmp_path / 'ft')
+  last, first = reader.latest_step(), min(reader.all_steps())
+  reader.close()
+  final = checkpoint.restore_params(tmp_path / 'ft', step=last)
+  assert set(final) == {'encoder', 'head', 'lora'}
+  shutil.rmtree(tmp_path / 'ft' / 'checkpoints' / str(last))
+  loop.train(config, tmp_path / 'ft', kind='finetune', progress=False)
+  resumed = checkpoint.restore_params(tmp_path / 'ft', step=last)
+  assert first < last
+  for x, y in zip(jax.tree.leaves(final), jax.tree.leaves(resumed), strict=True):
+    np.testing.assert_array_equal(x, y)
+  manifest = checkpoint.read_manifest(tmp_path / 'ft')
+  assert [t['name'] for t in manifest['finetune']] == [
+      'from_pretrained', 'new_head', 'lora', 'lr_multipliers', 'layerwise_lr_decay']
+  assert manifest['finetune'][0]['source'] == str(tmp_path / 'pre')
+  assert manifest['finetune'][2]['rank'] == 2
+
+
 def test_recipe_writes_report_with_both_accuracies(tmp_path):
   assert cli.main(['recipe', '--config', 'configs/fashion_mnist_recipe.py:tiny',
                    '--workdir', str(tmp_path), '--no-progress']) == 0

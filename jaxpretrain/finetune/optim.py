@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 from jaxpretrain import tree as tree_lib
+from jaxpretrain.errors import ConfigError
 from jaxpretrain.finetune.base import Params, Transform, make_transform
 
 
@@ -188,7 +189,7 @@ def _decoupled_decay(rate: float, learning_rate: float | optax.Schedule
   return optax.GradientTransformation(lambda _: DecayState(jnp.zeros([], jnp.int32)), update)
 
 
-def weight_decay(rate: float, *, learning_rate: float | optax.Schedule,
+def weight_decay(rate: float, *, learning_rate: float | optax.Schedule | None,
                  mask: str | Sequence[tuple[str, bool]] | None = None) -> Transform:
   """Decoupled weight decay (as AdamW's) on chosen parameters.
 
@@ -204,6 +205,8 @@ def weight_decay(rate: float, *, learning_rate: float | optax.Schedule,
   """
 
   def wrap_tx(tx, params):
+    if learning_rate is None:
+      raise ConfigError('weight_decay needs the learning rate (or schedule) it scales with')
     if mask is None or isinstance(mask, str):
       decays = _selection(params, mask, lambda _, x: np.ndim(x) >= 2)
     else:
