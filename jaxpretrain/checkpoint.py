@@ -7,7 +7,9 @@ model, objective, fine-tuning chain, step, metrics, library version).
 """
 
 from collections.abc import Mapping
+import contextlib
 import json
+import logging
 import os
 import pathlib
 import time
@@ -40,6 +42,19 @@ def checkpoint_dir(path: str | os.PathLike) -> pathlib.Path:
   """The checkpoint folder of a work directory (or the folder itself)."""
   path = pathlib.Path(path).expanduser().absolute()
   return path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
+
+
+@contextlib.contextmanager
+def _quiet_absl(quiet: bool):
+  """Raises absl's log threshold to errors inside the block (if `quiet`)."""
+  logger = logging.getLogger('absl')
+  level = logger.level
+  if quiet:
+    logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 class Checkpointer:
@@ -90,8 +105,9 @@ class Checkpointer:
           save_decision_policy=checkpoint_managers.FixedIntervalPolicy(save_every),
           enable_async_checkpointing=async_save,
           preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_handlers=_item_handlers())
+    with _quiet_absl(read_only):  # Orbax warns that a read-only folder is read-only.
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_handlers=_item_handlers())
     if read_only and self.latest_step() is not None and not best_metric:
       saved = self.read_manifest()
       self.best_metric, self.best_mode = saved.get('best_metric'), saved.get('best_mode', 'max')

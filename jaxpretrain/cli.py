@@ -1,12 +1,15 @@
-"""`jaxpretrain pretrain|finetune|evaluate|recipe|prepare` from the command line.
+"""`jaxpretrain pretrain|finetune|evaluate|recipe|sweep|prepare` from the command line.
 
   jaxpretrain pretrain --config configs/fashion_mnist_pretrain.py \\
       --config.optimizer.lr=3e-4 --workdir runs/pretrain
+  jaxpretrain sweep --config configs/fashion_mnist_finetune.py --workdir runs/sweep \\
+      --sweep 'optimizer.lr=[1e-4,3e-4,1e-3]' --random 2
 """
 
 import argparse
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
   for name, help_text in [('pretrain', 'pre-train a model (resumes in an existing workdir)'),
                           ('finetune', 'fine-tune a model (resumes in an existing workdir)'),
                           ('evaluate', "score a run's checkpoint on a split"),
-                          ('recipe', 'run a whole pre-train → fine-tune recipe with a report')]:
+                          ('recipe', 'run a whole pre-train → fine-tune recipe with a report'),
+                          ('sweep', 'train a grid of config values, compared on validation')]:
     s = sub.add_parser(name, help=help_text)
     s.add_argument('--config', required=True, help='config file, optionally with :variant')
     s.add_argument('--workdir', required=True, help='where checkpoints, logs and reports go')
@@ -47,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     if name == 'evaluate':
       s.add_argument('--split', default='test')
       s.add_argument('--step', default='best', help="an int, 'latest' or 'best'")
+    if name == 'sweep':
+      s.add_argument('--sweep', action='append', required=True, metavar='KEY=[V1,V2,...]',
+                     help='a config key and the values to try; repeat for a grid over several')
+      s.add_argument('--random', type=int, default=None, metavar='N',
+                     help='train N distinct trials drawn from the grid instead of all of it')
+      s.add_argument('--seed', type=int, default=0, help='seed of the --random draw')
+      s.add_argument('--kind', choices=('finetune', 'pretrain'), default='finetune')
+      s.add_argument('--metric', default='accuracy', help='validation metric ranking the trials')
+      s.add_argument('--mode', choices=('max', 'min'), default='max',
+                     help='whether a larger or smaller --metric is better')
   prep = sub.add_parser('prepare', help='prepare a dataset for offline use')
   prep.add_argument('dataset')
   prep.add_argument('--data-dir', default=None)
@@ -63,13 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
-    return _run(args, overrides)
+    return _run(args, overrides, argv)
   except JaxpretrainError as e:
     print(f'jaxpretrain: error: {e}', file=sys.stderr)
     return 2
 
 
-def _run(args: argparse.Namespace, overrides: list[str]) -> int:
+def _run(args: argparse.Namespace, overrides: list[str], argv: list[str]) -> int:
   from jaxpretrain import loop, recipe  # Heavy imports after argument checks.
   if args.command == 'prepare':
     from jaxpretrain import data
@@ -83,6 +97,12 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
   elif args.command == 'evaluate':
     step = int(args.step) if args.step.isdigit() else args.step
     result = loop.evaluate(config, args.workdir, split=args.split, step=step)
+  elif args.command == 'sweep':
+    from jaxpretrain import sweep
+    result = sweep.run(config, args.workdir, [sweep.parse_axis(a) for a in args.sweep],
+                       kind=args.kind, metric=args.metric, mode=args.mode, random=args.random,
+                       seed=args.seed, progress=progress,
+                       command=shlex.join(['jaxpretrain', *argv]))
   else:
     result = recipe.run(config, args.workdir, progress=progress)
   print(json.dumps(result, indent=2, default=str))

@@ -20,6 +20,7 @@ import tqdm
 
 from jaxpretrain import build, checkpoint, parallel
 from jaxpretrain import data as data_lib
+from jaxpretrain import tree as tree_lib
 from jaxpretrain.finetune import create_state
 from jaxpretrain.metrics import MeanAccumulator
 from jaxpretrain.state import TrainState
@@ -215,6 +216,10 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   objective = build.objective(config.objective, config.get('augment'))
   eval_objective = build.objective(config.objective)
   state = _create_state(config, ft_cfg, total, example)
+  counts = {'trainable_params': tree_lib.size(state.params),
+            'frozen_params': tree_lib.size(state.frozen)}
+  logging.info('%s: %d trainable and %d frozen parameters', workdir.name,
+               counts['trainable_params'], counts['frozen_params'])
   if resuming:
     state, data_state = ckpt.restore(state)
     loader.set_state(data_state)
@@ -250,6 +255,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   ckpt.wait()
   log.close()
   summary = {'workdir': str(workdir), 'steps': total, 'steps_per_epoch': steps_per_epoch,
+             **counts,
              'best_step': ckpt.best_step(), 'wall_time_s': time.time() - start_time}
   if ckpt.best_metric and summary['best_step'] is not None:
     summary['best_validation'] = ckpt.read_manifest(summary['best_step'])['metrics']

@@ -1,6 +1,7 @@
 """The fine-tuning transforms: shape adapters, probes, LoRA, per-layer rates, penalties."""
 
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -157,6 +158,16 @@ class _Stacked(nn.Module):
     return {'logits': nn.Dense(3, name='head')(x)}
 
 
+class _Attention(nn.Module):
+  """Self-attention over the image's rows, with Flax's (embed, heads, head_dim) kernels."""
+
+  @nn.compact
+  def __call__(self, batch, *, train=False):
+    x = nn.Dense(8, name='embed')(batch['image'][..., 0])  # (B, rows, 8)
+    x = nn.MultiHeadDotProductAttention(num_heads=2, name='attn')(x)
+    return {'logits': nn.Dense(3, name='head')(x.mean(axis=1))}
+
+
 def _flip_b(state, seed=7):
   """The LoRA state with nonzero `b` factors, as after some training."""
   params = jax.tree_util.tree_map_with_path(
@@ -165,13 +176,14 @@ def _flip_b(state, seed=7):
   return state.replace(params=params)
 
 
-@pytest.mark.parametrize('model, targets, stacked', [
-    (None, 'encoder/.*kernel', None),
-    (_Stacked(), 'layers', 'layers'),
+@pytest.mark.parametrize('model, targets, stacked, input_axes', [
+    (None, 'encoder/.*kernel', None, ()),
+    (_Stacked(), 'layers', 'layers', ()),
+    (_Attention(), 'attn/.*kernel', None, [('.*(query|key|value)/kernel', 1)]),
 ])
-def test_lora_at_init_is_the_base_model_and_merges_exactly(model, targets, stacked):
+def test_lora_at_init_is_the_base_model_and_merges_exactly(model, targets, stacked, input_axes):
   base = _create(finetune.identity(), model)
-  t = finetune.lora(4, 8.0, targets=targets, stacked=stacked)
+  t = finetune.lora(4, 8.0, targets=targets, stacked=stacked, input_axes=input_axes)
   adapted = _create(finetune.chain(finetune.from_pretrained(base.params), t), model)
   assert all(p.startswith(('lora/', 'head/')) for p in _paths(adapted.params))
   np.testing.assert_array_equal(_logits(adapted), _logits(base))
@@ -182,6 +194,16 @@ def test_lora_at_init_is_the_base_model_and_merges_exactly(model, targets, stack
       {'params': merged, **trained.model_state}, BATCH)['logits']
   np.testing.assert_allclose(plain, _logits(trained), atol=1e-6)
   assert not np.allclose(plain, _logits(base), atol=1e-3)
+  # Each update has rank <= 4 as a map from the kernel's input axes to its output axes.
+  flat_merged, flat_base = tree_lib.flatten(merged), tree_lib.flatten(base.params)
+  for path in tree_lib.flatten(trained.params['lora']):
+    kernel_path = path.rsplit('/', 1)[0]
+    delta = np.asarray(flat_merged[kernel_path] - flat_base[kernel_path], np.float64)
+    n_in = next((n for r, n in input_axes if re.fullmatch(r, kernel_path)), delta.ndim - 1)
+    matrices = delta.reshape(-1, *delta.shape[-2:]) if stacked else [delta.reshape(
+        int(np.prod(delta.shape[:n_in])), -1)]
+    for m in matrices:
+      assert np.linalg.matrix_rank(m, tol=1e-6) <= 4
 
 
 def test_lora_adapters_export_and_load_alone(tmp_path):
@@ -350,3 +372,18 @@ def test_every_transform_agrees_on_one_device_a_mesh_and_pmap(name):
     assert_trees_close(ref.params, state.params, atol=2e-5)
     assert_trees_close(ref.opt_state, state.opt_state, atol=2e-5)
     np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], atol=1e-5)
+
+
+def _step_flops(transform):
+  state = _create(transform)
+  compiled = jax.jit(make_train_step(classification())).lower(state, BATCH).compile()
+  analysis = compiled.cost_analysis()
+  return (analysis[0] if isinstance(analysis, list) else analysis)['flops']
+
+
+def test_frozen_parameters_cost_no_backward_computation():
+  full, probe = _step_flops(finetune.identity()), _step_flops(finetune.linear_probe())
+  frozen_bottom = _step_flops(finetune.freeze('encoder/stage0.*'))
+  # A probe's step is the forward pass and the head's gradient: well under the full step.
+  assert probe < 0.6 * full
+  assert probe < frozen_bottom < full

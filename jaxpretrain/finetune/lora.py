@@ -2,9 +2,11 @@
 
 The adapters of a kernel `W` at path `p` live under `lora/p/a` and `lora/p/b` in
 the parameter tree. At call time the model sees `W + scale * reshape(a @ b)`:
-the kernel's trailing axis is its output, the others its input, so dense
-kernels, attention projections and convolution kernels (a `kh*kw*c_in` by
-`c_out` product, as a rank-r conv then a 1x1 conv) are all adapted the same way.
+by default the kernel's trailing axis is its output and the others its input,
+so dense kernels and convolution kernels (a `kh*kw*c_in` by `c_out` product, as
+a rank-r conv then a 1x1 conv) are adapted the same way; multi-axis projections
+(attention's `(embed, heads, head_dim)` kernels) say how many leading axes are
+input with `input_axes`.
 """
 
 from collections.abc import Mapping, Sequence
@@ -28,19 +30,28 @@ from jaxpretrain.finetune.surgery import _path_key, from_pretrained
 ADAPTERS = 'lora'  # Top-level key of the adapters in the parameter tree.
 
 
-def _factor_shapes(shape: tuple[int, ...], rank: int, lead: int
-                   ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """Shapes of `a` and `b` for a kernel; `lead` leading axes are stacked layers."""
-  fan_in = math.prod(shape[lead:-1])
-  return (*shape[:lead], fan_in, rank), (*shape[:lead], rank, shape[-1])
+InputAxes = Sequence[tuple[str, int]]
 
 
 def _lead(path: str, stacked: str | None) -> int:
   return 1 if stacked and re.fullmatch(stacked, path) else 0
 
 
-def _fold(params: Params, adapters: Params, *, scale: float, stacked: str | None,
-          dropout: float = 0.0, rng: jax.Array | None = None) -> Params:
+def _factor_shapes(path: str, shape: tuple[int, ...], rank: int, stacked: str | None,
+                   input_axes: InputAxes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Shapes of `a` and `b` for a kernel (stacked layers first, then input, then output)."""
+  lead = _lead(path, stacked)
+  n_in = next((n for pattern, n in input_axes if re.fullmatch(pattern, path)),
+              len(shape) - lead - 1)
+  if not 1 <= n_in < len(shape) - lead:
+    raise ConfigError(f'LoRA on {path!r} of shape {shape}: {n_in} input axes leave no '
+                      'input or no output axis')
+  fan_in, fan_out = math.prod(shape[lead:lead + n_in]), math.prod(shape[lead + n_in:])
+  return (*shape[:lead], fan_in, rank), (*shape[:lead], rank, fan_out)
+
+
+def _fold(params: Params, adapters: Params, *, scale: float, dropout: float = 0.0,
+          rng: jax.Array | None = None) -> Params:
   """Parameters with every adapted kernel replaced by `W + scale * a @ b`."""
   flat = tree_lib.flatten(params)
   factors = tree_lib.flatten(adapters)
@@ -58,8 +69,8 @@ def _fold(params: Params, adapters: Params, *, scale: float, stacked: str | None
 
 
 def lora(rank: int, alpha: float | None = None, *, targets: str = r'.*kernel',
-         dropout: float = 0.0, head: str | None = 'head/.*',
-         stacked: str | None = None) -> Transform:
+         dropout: float = 0.0, head: str | None = 'head/.*', stacked: str | None = None,
+         input_axes: InputAxes = ()) -> Transform:
   """Low-rank adapters on the kernels matching `targets`; the base model is frozen.
 
   `b` starts at zero, so at init the model's outputs are exactly the base
@@ -75,7 +86,13 @@ def lora(rank: int, alpha: float | None = None, *, targets: str = r'.*kernel',
     head: regex of parameters that train whole (a new task head); None for none.
     stacked: regex of kernels stacked over layers on their leading axis (as
       `nn.scan` makes); each layer gets its own adapters.
+    input_axes: `(regex, n)` rules: kernels whose path matches have `n` input
+      axes (after any stacked one); default: all axes but the last. Flax's
+      attention needs `[('.*(query|key|value)/kernel', 1)]`: those kernels are
+      `(embed, heads, head_dim)`, while `out/kernel` `(heads, head_dim, embed)`
+      fits the default.
   """
+  input_axes = [(pattern, int(n)) for pattern, n in input_axes]
   if rank < 1:
     raise ConfigError(f'LoRA rank must be at least 1, got {rank}')
   scale = (alpha if alpha is not None else rank) / rank
@@ -85,7 +102,7 @@ def lora(rank: int, alpha: float | None = None, *, targets: str = r'.*kernel',
       raise ValueError(f'parameters already hold {ADAPTERS!r} adapters; apply lora once')
     flat = tree_lib.flatten(params)
     hits = [p for p in flat if re.fullmatch(targets, p)]
-    bad = [p for p in hits if np.ndim(flat[p]) - _lead(p, stacked) < 2]
+    bad = [p for p in hits if np.ndim(flat[p]) - _lead(p, stacked) < 2]  # not a matrix
     if not hits or bad:
       raise ConfigError(
           f'lora(targets={targets!r}) must match kernels of two or more dimensions; it matches '
@@ -94,7 +111,7 @@ def lora(rank: int, alpha: float | None = None, *, targets: str = r'.*kernel',
     adapters = {}
     for path in hits:
       kernel = flat[path]
-      a_shape, b_shape = _factor_shapes(kernel.shape, rank, _lead(path, stacked))
+      a_shape, b_shape = _factor_shapes(path, kernel.shape, rank, stacked, input_axes)
       bound = 1.0 / math.sqrt(a_shape[-2])  # Kaiming-uniform with a = sqrt(5), as in PEFT.
       adapters[path + '/a'] = jax.random.uniform(_path_key(rng, path), a_shape, kernel.dtype,
                                                  -bound, bound)
@@ -111,7 +128,7 @@ def lora(rank: int, alpha: float | None = None, *, targets: str = r'.*kernel',
       params = dict(variables['params'])
       adapters = params.pop(ADAPTERS)
       rng = (rngs or {}).get('dropout') if train else None
-      params = _fold(params, adapters, scale=scale, stacked=stacked, dropout=dropout,
+      params = _fold(params, adapters, scale=scale, dropout=dropout,
                      rng=None if rng is None else jax.random.fold_in(rng, 0x10AA))
       return apply_fn({**variables, 'params': params}, batch, train=train, rngs=rngs)
 
@@ -119,7 +136,8 @@ def lora(rank: int, alpha: float | None = None, *, targets: str = r'.*kernel',
 
   return make_transform('lora', init=init, trainable=trainable, wrap_apply=wrap_apply,
                         rank=rank, alpha=alpha if alpha is not None else float(rank),
-                        targets=targets, dropout=dropout, head=head, stacked=stacked)
+                        targets=targets, dropout=dropout, head=head, stacked=stacked,
+                        input_axes=[list(r) for r in input_axes])
 
 
 def _lora_spec(transform: Transform | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -140,8 +158,7 @@ def merge(params: Params, transform: Transform | Sequence[Mapping[str, Any]]) ->
   """
   spec = _lora_spec(transform)
   base = {k: v for k, v in params.items() if k != ADAPTERS}
-  return _fold(base, params[ADAPTERS], scale=spec['alpha'] / spec['rank'],
-               stacked=spec['stacked'])
+  return _fold(base, params[ADAPTERS], scale=spec['alpha'] / spec['rank'])
 
 
 def export_adapters(directory: str | os.PathLike, params: Params,
