@@ -8,10 +8,13 @@ WORKDIR ?= runs/fashion_mnist
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: main test install data bench clean
+.PHONY: main test install data four-ways clean
 
 main: install data
 	$(BIN)/jaxpretrain recipe --config configs/fashion_mnist_recipe.py --workdir $(WORKDIR)
+
+four-ways: install data
+	$(BIN)/python examples/finetune_four_ways.py --workdir runs/four_ways
 
 test: install data
 	$(BIN)/python -m pytest tests

@@ -22,26 +22,25 @@ def get_config(variant=None):
   c.test_split = 'test'
   c.pretrain = _load('fashion_mnist_pretrain.py', variant)
   c.finetune = _load('fashion_mnist_finetune.py', variant)
-  # Overrides of the fine-tuning config per way; the head always starts afresh.
-  c.ways = {
-      'linear_probe': ('finetune.linear_probe=True', 'finetune.lr_multipliers=()',
-                       'optimizer.lr=0.01', 'optimizer.weight_decay=0.001'),
-      'full': (),
-      'lora': ('finetune.lora.rank=8', 'finetune.lora.alpha=16.0', 'optimizer.lr=0.001'),
-      'layerwise_decay': ('finetune.layerwise_lr_decay=0.5', 'finetune.lr_multipliers=()',
-                          'optimizer.lr=0.001'),
-  }
-  c.labels = {'linear_probe': 'linear probe', 'full': 'full fine-tune',
-              'lora': 'LoRA, rank 8 (+ new head)', 'layerwise_decay': 'full, layer-wise LR decay 0.5',
-              'scratch': 'from scratch (baseline)'}
-  c.scratch = ('optimizer.lr=0.001',)
-  # Labels per class (train, validation) and the schedule for each budget.
-  c.budgets = {
-      '1%': ('data.labelled_per_class=48', 'data.validation_per_class=12'),
-      '10%': ('data.labelled_per_class=480', 'data.validation_per_class=120',
-              'data.batch_size=96', 'train.epochs=20'),
-  }
+  # (run folder, name, overrides of the fine-tuning config); the head always starts afresh.
+  c.ways = (
+      ('linear_probe', 'linear probe', ('finetune.linear_probe=True', 'finetune.lr_multipliers=()',
+                                        'optimizer.lr=0.01', 'optimizer.weight_decay=0.001')),
+      ('full', 'full fine-tune', ()),
+      ('lora', 'LoRA, rank 8 (+ new head)', ('finetune.lora.rank=8', 'finetune.lora.alpha=16.0',
+                                             'optimizer.lr=0.001')),
+      ('layerwise_decay', 'full, layer-wise LR decay 0.5', ('finetune.layerwise_lr_decay=0.5',
+                                                            'finetune.lr_multipliers=()',
+                                                            'optimizer.lr=0.001')),
+  )
+  c.scratch = ('scratch', 'from scratch (baseline)', ('optimizer.lr=0.001',))
+  # (label budget, overrides): labels per class (train, validation) and the schedule.
+  c.budgets = (
+      ('1%', ('data.labelled_per_class=48', 'data.validation_per_class=12')),
+      ('10%', ('data.labelled_per_class=480', 'data.validation_per_class=120',
+               'data.batch_size=96', 'train.epochs=20')),
+  )
   if variant == 'tiny':
     c.test_split = 'test[:64]'
-    c.budgets = {'1%': (), '10%': ('data.labelled_per_class=8',)}
+    c.budgets = (('1%', ()),)
   return c

@@ -30,21 +30,20 @@ def main(config_spec: str, workdir: str, pretrained: str | None, progress: bool)
     pretrained = root / 'pretrain'
     loop.train(config.pretrain, pretrained, kind='pretrain', progress=progress)
   start = (f'finetune.pretrained={pathlib.Path(pretrained).absolute()}',)
-  ways = {name: start + tuple(o) for name, o in config.ways.items()}
-  ways['scratch'] = tuple(config.scratch)
-  rows = {name: {} for name in ways}
-  for budget, budget_overrides in config.budgets.items():
-    for name, overrides in ways.items():
-      run_dir = root / f'labels_{budget.rstrip("%")}pct' / name
-      rows[name][budget] = _run(config.finetune, tuple(budget_overrides) + overrides, run_dir,
-                                config.test_split, progress)
-  budgets = list(config.budgets)
+  ways = [(folder, name, start + tuple(o)) for folder, name, o in config.ways]
+  ways.append(tuple(config.scratch))
+  budgets = [budget for budget, _ in config.budgets]
+  results = {name: {} for _, name, _ in ways}
+  for budget, budget_overrides in config.budgets:
+    for folder, name, overrides in ways:
+      run_dir = root / f'labels_{budget.rstrip("%")}pct' / folder
+      results[name][budget] = _run(config.finetune, tuple(budget_overrides) + tuple(overrides),
+                                   run_dir, config.test_split, progress)
   lines = ['| way | trainable parameters | ' + ' | '.join(
       f'test accuracy, {b} labels' for b in budgets) + ' |', '|---|---:|' + '---:|' * len(budgets)]
-  for name, results in rows.items():
-    params = results[budgets[0]][1]
-    lines.append(f'| {config.labels[name]} | {params:,} | ' + ' | '.join(
-        f'{results[b][0]:.2%}' for b in budgets) + ' |')
+  for name, by_budget in results.items():
+    lines.append(f'| {name} | {by_budget[budgets[0]][1]:,} | ' + ' | '.join(
+        f'{by_budget[b][0]:.2%}' for b in budgets) + ' |')
   table = '\n'.join(lines)
   (root / 'four_ways.md').write_text(
       f'# Fine-tuning four ways\n\nPre-trained encoder: `{pretrained}`; test split '
