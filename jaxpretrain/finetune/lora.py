@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.errors import CheckpointMismatchError, ConfigError
 from jaxpretrain.finetune.base import Params, Transform, chain, make_transform
-from jaxpretrain.finetune.surgery import _path_key, from_pretrained
+from jaxpretrain.finetune.surgery import path_key, from_pretrained
 
 ADAPTERS = 'lora'  # Top-level key of the adapters in the parameter tree.
 
@@ -61,7 +61,7 @@ def _fold(params: Params, adapters: Params, *, scale: float, dropout: float = 0.
     kernel, a, b = flat[path], factors[path + '/a'], factors[path + '/b']
     if dropout and rng is not None:
       # Drops input features of the update (one mask per step), in weight space.
-      keep = jax.random.bernoulli(_path_key(rng, path), 1.0 - dropout, a.shape[:-1] + (1,))
+      keep = jax.random.bernoulli(path_key(rng, path), 1.0 - dropout, a.shape[:-1] + (1,))
       a = jnp.where(keep, a / (1.0 - dropout), 0.0)
     delta = jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST).reshape(kernel.shape)
     flat[path] = kernel + (scale * delta).astype(kernel.dtype)
@@ -113,7 +113,7 @@ def lora(rank: int, alpha: float | None = None, *, targets: str = r'.*kernel',
       kernel = flat[path]
       a_shape, b_shape = _factor_shapes(path, kernel.shape, rank, stacked, input_axes)
       bound = 1.0 / math.sqrt(a_shape[-2])  # Kaiming-uniform with a = sqrt(5), as in PEFT.
-      adapters[path + '/a'] = jax.random.uniform(_path_key(rng, path), a_shape, kernel.dtype,
+      adapters[path + '/a'] = jax.random.uniform(path_key(rng, path), a_shape, kernel.dtype,
                                                  -bound, bound)
       adapters[path + '/b'] = jnp.zeros(b_shape, kernel.dtype)
     return {**params, ADAPTERS: tree_lib.unflatten(adapters)}

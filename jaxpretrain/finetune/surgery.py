@@ -156,7 +156,7 @@ def _rule_spec(rule: ReshapeRule) -> list[Any]:
   return [rule[0], name, *[dict(r) for r in rule[2:]]]
 
 
-def _path_key(rng: jax.Array, path: str) -> jax.Array:
+def path_key(rng: jax.Array, path: str) -> jax.Array:
   """A key for one parameter, the same whatever the chain around it."""
   return jax.random.fold_in(rng, zlib.crc32(path.encode()) & 0x7FFFFFFF)
 
@@ -189,7 +189,7 @@ def reinit(pattern: str) -> Transform:
       raise ValueError(f'reinit({pattern!r}) matches no parameter; parameters are '
                        f'e.g. {sorted(flat)[:5]}')
     for p in hits:
-      flat[p] = fresh_value(p, flat[p], _path_key(rng, p))
+      flat[p] = fresh_value(p, flat[p], path_key(rng, p))
     return tree_lib.unflatten(flat)
 
   return make_transform('reinit', init=init, pattern=pattern)
