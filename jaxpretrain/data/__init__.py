@@ -1,6 +1,7 @@
 """Datasets (a TFDS catalogue with local builders) and grain input pipelines."""
 
 from jaxpretrain.data import augment
+from jaxpretrain.data import text, tokenizers
 from jaxpretrain.data.catalogue import (
     data_source,
     dataset_info,

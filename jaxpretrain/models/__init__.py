@@ -4,3 +4,8 @@ from jaxpretrain.models.conv import ConvDecoder, ConvEncoder, space_to_depth
 from jaxpretrain.models.core import init_variables, make_apply_fn
 from jaxpretrain.models.heads import (Autoencoder, Classifier, ClassifierHead,
                                       PretextClassifier, ProjectionHead)
+from jaxpretrain.models.text_heads import (BertForMaskedLM, GPTForCausalLM, Regressor,
+                                           SequenceClassifier, TokenClassifier)
+from jaxpretrain.models.transformer import (PRESETS, MLP, Embeddings, LMHead, SelfAttention,
+                                            Transformer, TransformerBlock, TransformerConfig,
+                                            make_attention_mask, pool_features)

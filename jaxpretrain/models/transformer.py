@@ -1,0 +1,350 @@
+"""Transformer encoders and decoders (BERT, RoBERTa, DistilBERT, GPT-2) from one block.
+
+`TransformerConfig` decides the family: post-LayerNorm bidirectional encoders
+(BERT and its relatives) or pre-LayerNorm causal decoders (GPT-2). Parameter
+names follow Hugging Face's closely enough that importing public weights is a
+rename:
+
+  embeddings/{word,position,token_type}_embeddings/embedding
+  embeddings/layer_norm/{scale,bias}              (post-norm models only)
+  layer_{i}/attention/{query,key,value,output}/{kernel,bias}
+  layer_{i}/attention_norm, layer_{i}/mlp/{input,output}, layer_{i}/mlp_norm
+  final_norm                                      (pre-norm models only)
+  pooler/dense                                    (when `pooler`)
+
+GPT-2's fused `c_attn` kernel splits into `query`, `key` and `value` along its
+output axis. Layer indices in the names give `finetune.layer_ids` the depths.
+"""
+
+from collections.abc import Callable
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxpretrain.errors import ConfigError
+
+_ACTIVATIONS = {
+    'gelu': lambda x: nn.gelu(x, approximate=False),  # BERT: exact, with erf
+    'gelu_new': lambda x: nn.gelu(x, approximate=True),  # GPT-2: tanh approximation
+    'relu': nn.relu,
+}
+_POOLINGS = ('first', 'last', 'mean')
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Shape and behaviour of a Transformer; `PRESETS` holds the public models.
+
+  Attributes:
+    vocab_size: number of token ids.
+    hidden_size: width D of the residual stream.
+    num_layers: number of blocks.
+    num_heads: attention heads; must divide `hidden_size`.
+    intermediate_size: width of the MLP's hidden layer.
+    max_position_embeddings: rows of the learned position table.
+    type_vocab_size: rows of the token-type table; 0 for none (then
+      `token_type_ids` in a batch are ignored).
+    dropout: on embeddings and on each residual branch.
+    attention_dropout: on the attention probabilities.
+    layer_norm_eps: epsilon of every LayerNorm.
+    pre_norm: LayerNorm before each branch and a `final_norm` (GPT-2); else
+      after each residual sum, with a LayerNorm on the embeddings (BERT).
+    causal: each token attends only to itself and earlier tokens.
+    activation: 'gelu' (exact), 'gelu_new' (tanh approximation) or 'relu'.
+    pad_token_id: id of the padding token.
+    position_offset: added to the default positions `0..L-1` (RoBERTa: 2).
+    tie_word_embeddings: LM heads project with the word embeddings' transpose.
+    pooler: a dense + tanh layer on the first token, output as `pooled`.
+    initializer_range: standard deviation of the normal initialisers.
+    dtype: computation dtype (parameters stay float32).
+  """
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  dropout: float = 0.1
+  attention_dropout: float = 0.1
+  layer_norm_eps: float = 1e-12
+  pre_norm: bool = False
+  causal: bool = False
+  activation: str = 'gelu'
+  pad_token_id: int = 0
+  position_offset: int = 0
+  tie_word_embeddings: bool = True
+  pooler: bool = True
+  initializer_range: float = 0.02
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ConfigError(f'num_heads={self.num_heads} must divide '
+                        f'hidden_size={self.hidden_size}')
+    if self.activation not in _ACTIVATIONS:
+      raise ConfigError(f'unknown activation {self.activation!r}; use one of '
+                        f'{sorted(_ACTIVATIONS)}')
+
+
+def _bert(num_layers: int, hidden_size: int, num_heads: int) -> TransformerConfig:
+  return TransformerConfig(num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
+                           intermediate_size=4 * hidden_size)
+
+
+def _gpt2(num_layers: int, hidden_size: int, num_heads: int) -> TransformerConfig:
+  return TransformerConfig(vocab_size=50257, hidden_size=hidden_size, num_layers=num_layers,
+                           num_heads=num_heads, intermediate_size=4 * hidden_size,
+                           max_position_embeddings=1024, type_vocab_size=0,
+                           layer_norm_eps=1e-5, pre_norm=True, causal=True,
+                           activation='gelu_new', pad_token_id=50256, pooler=False)
+
+
+# The shapes of the public checkpoints (google/bert_uncased_L-*_H-*, bert-base-uncased,
+# roberta-base, distilbert-base-uncased, gpt2); the tiny and mini GPT-2s borrow the
+# BERT shapes of the same names. Vary one with `dataclasses.replace`.
+PRESETS: dict[str, TransformerConfig] = {
+    'bert_tiny': _bert(2, 128, 2),
+    'bert_mini': _bert(4, 256, 4),
+    'bert_small': _bert(4, 512, 8),
+    'bert_base': _bert(12, 768, 12),
+    'roberta_base': dataclasses.replace(
+        _bert(12, 768, 12), vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
+        layer_norm_eps=1e-5, pad_token_id=1, position_offset=2, pooler=False),
+    'distilbert_base': dataclasses.replace(_bert(6, 768, 12), type_vocab_size=0, pooler=False),
+    'gpt2_tiny': _gpt2(2, 128, 2),
+    'gpt2_mini': _gpt2(4, 256, 4),
+    'gpt2_small': _gpt2(12, 768, 12),
+}
+
+
+def make_attention_mask(attention_mask_BxL: jax.Array, *, segment_ids_BxL: jax.Array | None = None,
+                        causal: bool = False) -> jax.Array:
+  """Which keys each query may attend to, as a (B, 1, L, L) boolean.
+
+  Args:
+    attention_mask_BxL: 1 for real tokens, 0 for padding; padding is never a key.
+    segment_ids_BxL: documents packed in one row; tokens attend only within
+      their own segment.
+    causal: queries attend only to keys at their position or before.
+
+  Returns:
+    `mask[b, 0, q, k]`, True where query `q` may attend to key `k`.
+  """
+  b, l = attention_mask_BxL.shape
+  mask_Bx1xLxL = jnp.broadcast_to(attention_mask_BxL.astype(bool)[:, None, None, :], (b, 1, l, l))
+  if segment_ids_BxL is not None:
+    mask_Bx1xLxL &= segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :]
+  if causal:
+    mask_Bx1xLxL &= jnp.tril(jnp.ones((l, l), bool))
+  return mask_Bx1xLxL
+
+
+def pool_features(hidden_BxLxD: jax.Array, attention_mask_BxL: jax.Array, how: str) -> jax.Array:
+  """One vector per sequence: 'first' token, 'last' real token, or 'mean' of the real ones."""
+  if how == 'first':
+    return hidden_BxLxD[:, 0]
+  if how == 'last':
+    # The last real token wherever the padding is (left or right).
+    l = attention_mask_BxL.shape[1]
+    last_B = l - 1 - jnp.argmax(attention_mask_BxL[:, ::-1], axis=1)
+    return jnp.take_along_axis(hidden_BxLxD, last_B[:, None, None], axis=1)[:, 0]
+  if how == 'mean':
+    w_BxLx1 = attention_mask_BxL[..., None].astype(hidden_BxLxD.dtype)
+    return (hidden_BxLxD * w_BxLx1).sum(1) / jnp.maximum(w_BxLx1.sum(1), 1)
+  raise ConfigError(f"unknown pooling {how!r}; use one of {list(_POOLINGS)}")
+
+
+def _dense(cfg: TransformerConfig, features: int, name: str, std: float | None = None,
+           use_bias: bool = True) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, dtype=cfg.dtype, name=name,
+                  kernel_init=nn.initializers.normal(std or cfg.initializer_range))
+
+
+def _layer_norm(cfg: TransformerConfig, name: str | None) -> nn.LayerNorm:
+  return nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.dtype, name=name)
+
+
+def _residual_std(cfg: TransformerConfig) -> float:
+  # GPT-2 shrinks the layers that write into the residual stream, so its variance
+  # does not grow with depth in a pre-norm stack.
+  if not cfg.pre_norm:
+    return cfg.initializer_range
+  return cfg.initializer_range / (2 * cfg.num_layers) ** 0.5
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with separate query, key and value projections."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxL: jax.Array, *, train: bool) -> jax.Array:
+    cfg = self.config
+    b, l, d = x_BxLxD.shape
+    h = cfg.num_heads
+    k = d // h
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
+        _dense(cfg, d, name)(x_BxLxD).reshape(b, l, h, k) for name in ('query', 'key', 'value'))
+    scores_BxHxLxL = jnp.einsum('bqhk,bthk->bhqt', q_BxLxHxK, k_BxLxHxK,
+                                preferred_element_type=jnp.float32) * k ** -0.5
+    # The most negative finite float, not -inf: a query with no key left (padding in a
+    # packed row) gets uniform weights instead of NaN.
+    scores_BxHxLxL += jnp.where(mask_Bx1xLxL, 0.0, jnp.finfo(jnp.float32).min)
+    probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1)
+    probs_BxHxLxL = nn.Dropout(cfg.attention_dropout, deterministic=not train)(probs_BxHxLxL)
+    out_BxLxHxK = jnp.einsum('bhqt,bthk->bqhk', probs_BxHxLxL.astype(cfg.dtype), v_BxLxHxK)
+    return _dense(cfg, d, 'output', _residual_std(cfg))(out_BxLxHxK.reshape(b, l, d))
+
+
+class MLP(nn.Module):
+  """Position-wise feed-forward layer: dense `input`, activation, dense `output`."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    cfg = self.config
+    x_BxLxF = _ACTIVATIONS[cfg.activation](_dense(cfg, cfg.intermediate_size, 'input')(x_BxLxD))
+    return _dense(cfg, cfg.hidden_size, 'output', _residual_std(cfg))(x_BxLxF)
+
+
+class TransformerBlock(nn.Module):
+  """Attention then MLP, each a residual branch; LayerNorm before (pre-norm) or after."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxL: jax.Array, *, train: bool) -> jax.Array:
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout, deterministic=not train)
+    attention = SelfAttention(cfg, name='attention')
+    attention_norm = _layer_norm(cfg, 'attention_norm')
+    mlp = MLP(cfg, name='mlp')
+    mlp_norm = _layer_norm(cfg, 'mlp_norm')
+    if cfg.pre_norm:
+      x_BxLxD = x_BxLxD + drop(attention(attention_norm(x_BxLxD), mask_Bx1xLxL, train=train))
+      return x_BxLxD + drop(mlp(mlp_norm(x_BxLxD)))
+    x_BxLxD = attention_norm(x_BxLxD + drop(attention(x_BxLxD, mask_Bx1xLxL, train=train)))
+    return mlp_norm(x_BxLxD + drop(mlp(x_BxLxD)))
+
+
+class Embeddings(nn.Module):
+  """Word + position (+ token type) embeddings; LayerNorm for post-norm models; dropout.
+
+  `attend` projects hidden states onto the vocabulary with the word
+  embeddings' transpose (tied LM heads).
+  """
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    embed = lambda n: nn.Embed(n, cfg.hidden_size, dtype=cfg.dtype,
+                               embedding_init=nn.initializers.normal(cfg.initializer_range))
+    self.word_embeddings = embed(cfg.vocab_size)
+    self.position_embeddings = embed(cfg.max_position_embeddings)
+    if cfg.type_vocab_size:
+      self.token_type_embeddings = embed(cfg.type_vocab_size)
+    if not cfg.pre_norm:
+      self.layer_norm = _layer_norm(cfg, None)
+    self.dropout = nn.Dropout(cfg.dropout)
+
+  def __call__(self, input_ids_BxL: jax.Array, positions_BxL: jax.Array,
+               token_type_ids_BxL: jax.Array | None = None, *, train: bool) -> jax.Array:
+    cfg = self.config
+    x_BxLxD = self.word_embeddings(input_ids_BxL) + self.position_embeddings(positions_BxL)
+    if cfg.type_vocab_size:
+      if token_type_ids_BxL is None:
+        token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
+      x_BxLxD += self.token_type_embeddings(token_type_ids_BxL)
+    if not cfg.pre_norm:
+      x_BxLxD = self.layer_norm(x_BxLxD)
+    return self.dropout(x_BxLxD, deterministic=not train)
+
+  def attend(self, x_BxLxD: jax.Array) -> jax.Array:
+    return self.word_embeddings.attend(x_BxLxD)
+
+
+class _Pooler(nn.Module):
+  """BERT's pooler: dense + tanh on the first token."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxD: jax.Array) -> jax.Array:
+    return jnp.tanh(_dense(self.config, self.config.hidden_size, 'dense')(x_BxD))
+
+
+class Transformer(nn.Module):
+  """The backbone: embeddings and `num_layers` blocks, an encoder or (if `causal`) a decoder.
+
+  Batch keys: `input_ids` (B, L) int32; optional `attention_mask` (1 real, 0
+  padding; default all real), `token_type_ids`, `positions` (default
+  `arange(L) + position_offset`), and `segment_ids` for packed documents (give
+  `positions` that restart at each document too).
+
+  Returns:
+    `hidden_states` (B, L, D) of the last layer; `pooled` (B, D) when the config
+    has a pooler; `features` (B, D): `pooled` if present, else the last real
+    token of a causal model or the first token of an encoder.
+  """
+  config: TransformerConfig
+
+  def setup(self):
+    self.embeddings = Embeddings(self.config)
+
+  @nn.compact
+  def __call__(self, batch: dict[str, Any], *, train: bool = False) -> dict[str, jax.Array]:
+    cfg = self.config
+    input_ids_BxL = batch['input_ids']
+    b, l = input_ids_BxL.shape
+    attention_mask_BxL = batch.get('attention_mask')
+    if attention_mask_BxL is None:
+      attention_mask_BxL = jnp.ones((b, l), jnp.int32)
+    positions_BxL = batch.get('positions')
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(l) + cfg.position_offset, (b, l))
+    x_BxLxD = self.embeddings(input_ids_BxL, positions_BxL, batch.get('token_type_ids'),
+                              train=train)
+    mask_Bx1xLxL = make_attention_mask(attention_mask_BxL, segment_ids_BxL=batch.get('segment_ids'),
+                                       causal=cfg.causal)
+    for i in range(cfg.num_layers):
+      x_BxLxD = TransformerBlock(cfg, name=f'layer_{i}')(x_BxLxD, mask_Bx1xLxL, train=train)
+    if cfg.pre_norm:
+      x_BxLxD = _layer_norm(cfg, 'final_norm')(x_BxLxD)
+    out = {'hidden_states': x_BxLxD}
+    if cfg.pooler:
+      out['pooled'] = out['features'] = _Pooler(cfg, name='pooler')(x_BxLxD[:, 0])
+    else:
+      out['features'] = pool_features(x_BxLxD, attention_mask_BxL,
+                                      'last' if cfg.causal else 'first')
+    return out
+
+  def attend(self, x_BxLxD: jax.Array) -> jax.Array:
+    """Logits over the vocabulary with the tied word embeddings: `x @ E.T`."""
+    return self.embeddings.attend(x_BxLxD)
+
+
+class LMHead(nn.Module):
+  """Hidden states to vocabulary logits.
+
+  With `transform` (the BERT family's masked-LM head): dense, activation and
+  LayerNorm first, and a bias on the logits; without it (GPT-2) the bare
+  projection. The projection is `attend` (the tied word embeddings) when the
+  config ties them, else a dense `decoder` without bias.
+  """
+  config: TransformerConfig
+  transform: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array, attend: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    cfg = self.config
+    if self.transform:
+      x_BxLxD = _ACTIVATIONS[cfg.activation](_dense(cfg, cfg.hidden_size, 'dense')(x_BxLxD))
+      x_BxLxD = _layer_norm(cfg, 'layer_norm')(x_BxLxD)
+    if cfg.tie_word_embeddings:
+      logits_BxLxV = attend(x_BxLxD)
+    else:
+      logits_BxLxV = _dense(cfg, cfg.vocab_size, 'decoder', use_bias=False)(x_BxLxD)
+    if self.transform:
+      logits_BxLxV += self.param('bias', nn.initializers.zeros, (cfg.vocab_size,))
+    return logits_BxLxV
