@@ -8,4 +8,4 @@ from jaxpretrain.finetune.optim import (l2sp, layer_ids, layerwise_lr_decay, lr_
                                         weight_decay)
 from jaxpretrain.finetune.reshape import interpolate_positions, resize_vocab
 from jaxpretrain.finetune.surgery import (GraftReport, fresh_value, from_pretrained, graft,
-                                         new_head, reinit)
+                                         new_head, reinit, with_teacher)

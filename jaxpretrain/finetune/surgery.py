@@ -199,3 +199,33 @@ def new_head(pattern: str = 'head/.*') -> Transform:
   """Starts the task head afresh (re-initialised and trainable)."""
   t = reinit(pattern)
   return t._replace(spec=({'name': 'new_head', 'pattern': pattern},))
+
+
+def with_teacher(source: Source, *, step: int | str | None = None,
+                 key: str = 'teacher') -> Transform:
+  """Adds a frozen teacher's parameters under `key` (for `objectives.distillation`).
+
+  The teacher then lives in the train state's frozen parameters: placed and
+  sharded with the student's, never updated, with no optimizer state.
+
+  Args:
+    source: a run's work directory, a parameter tree, or a function returning one.
+    step: checkpoint step of a work directory: an int, 'best' or 'latest'.
+    key: top-level key of the teacher's subtree.
+  """
+  from jaxpretrain import checkpoint  # Imported here: only needed for paths.
+
+  def init(params, rng):
+    if key in params:
+      raise ValueError(f'parameters already hold a {key!r} subtree')
+    if isinstance(source, str):
+      teacher = checkpoint.restore_params(source, step=step)
+    else:
+      teacher = source() if callable(source) else source
+    return {**params, key: jax.tree.map(jnp.asarray, dict(teacher))}
+
+  def trainable(params):
+    return tree_lib.unflatten({p: not p.startswith(key + '/') for p in tree_lib.flatten(params)})
+
+  return make_transform('with_teacher', init=init, trainable=trainable,
+                        source=source if isinstance(source, str) else '<params>', step=step)
