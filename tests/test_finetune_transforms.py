@@ -13,7 +13,7 @@ import pytest
 from jaxpretrain import checkpoint, finetune
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.errors import CheckpointMismatchError, ConfigError
-from jaxpretrain.models import Classifier, ConvEncoder
+from jaxpretrain.models import PRESETS, Classifier, ConvEncoder, SequenceClassifier
 from jaxpretrain.models.core import make_apply_fn
 from jaxpretrain.objectives import classification
 from jaxpretrain.step import make_train_step
@@ -243,10 +243,10 @@ def test_lora_rejects_bad_targets():
     finetune.lora(0)
 
 
-def _opt_bytes(transform, model):
+def _opt_bytes(transform, model, batch=None):
   state = jax.eval_shape(lambda: finetune.create_state(
       model, transform, tx=optax.adamw(1e-3), rng=jax.random.PRNGKey(0),
-      example_batch=image_batch(2, size=28)))
+      example_batch=batch or image_batch(2, size=28)))
   return tree_lib.nbytes(state.opt_state), tree_lib.size(state.params)
 
 
@@ -260,6 +260,15 @@ def test_lora_rank_8_keeps_under_5_percent_of_the_optimizer_state():
   assert lora_count / full_count < 0.05
   # Adam keeps two moments per trainable element, and nothing for frozen ones.
   assert probe == 2 * 4 * (512 * 10 + 10) + 4
+
+
+def test_lora_rank_8_on_bert_mini_keeps_under_5_percent_of_the_optimizer_state():
+  model = SequenceClassifier(PRESETS['bert_mini'], num_classes=2)
+  batch = {'input_ids': np.zeros((2, 16), np.int32), 'attention_mask': np.ones((2, 16), np.int32)}
+  full, _ = _opt_bytes(finetune.identity(), model, batch)
+  # Every attention and feed-forward projection adapted; the classifier trains whole.
+  lora, _ = _opt_bytes(finetune.lora(8, targets=r'encoder/layer_\d+/.*kernel'), model, batch)
+  assert lora / full < 0.05, (lora, full)
 
 
 # Per-parameter learning rates and penalties.
