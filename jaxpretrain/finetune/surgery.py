@@ -120,7 +120,8 @@ def from_pretrained(source: Source, *, select: str = '.*',
 
   Args:
     source: a checkpoint directory written by `jaxpretrain.checkpoint`, a
-      parameter tree, or a function returning one.
+      Hugging Face model directory (a `config.json` and no `checkpoints/`; see
+      `convert.hf_params`), a parameter tree, or a function returning one.
     select: regex over `/`-joined paths of the parameters to graft.
     rename: `(regex, replacement)` rules from checkpoint paths to model paths.
     strict: missing or unexpected parameters are an error.
@@ -129,10 +130,12 @@ def from_pretrained(source: Source, *, select: str = '.*',
     reshape: shape adapters by regex, e.g. `[('.*pos_embedding',
       'interpolate_positions', {'prefix_tokens': 1, 'grid': True})]`.
   """
-  from jaxpretrain import checkpoint  # Imported here: only needed for paths.
+  from jaxpretrain import checkpoint, convert  # Imported here: only needed for paths.
 
   def init(params, rng):
-    if isinstance(source, str):
+    if isinstance(source, str) and convert.is_hf_directory(source):
+      pretrained = convert.hf_params(source)
+    elif isinstance(source, str):
       pretrained = checkpoint.restore_params(source, step=step)
     else:
       pretrained = source() if callable(source) else source

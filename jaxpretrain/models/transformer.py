@@ -32,6 +32,7 @@ _ACTIVATIONS = {
     'relu': nn.relu,
 }
 _POOLINGS = ('first', 'last', 'mean')
+_POOLER_ACTIVATIONS = {'tanh': jnp.tanh, 'relu': nn.relu}  # BERT; DistilBERT's classifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +56,18 @@ class TransformerConfig:
     causal: each token attends only to itself and earlier tokens.
     activation: 'gelu' (exact), 'gelu_new' (tanh approximation) or 'relu'.
     pad_token_id: id of the padding token.
-    position_offset: added to the default positions `0..L-1` (RoBERTa: 2).
+    position_offset: added to the default positions `0..L-1` (RoBERTa: 2, its
+      padding index + 1). Outside decoding, a nonzero offset numbers only the
+      real tokens (by `attention_mask`) and puts padding at `position_offset - 1`,
+      as RoBERTa does.
     tie_word_embeddings: LM heads project with the word embeddings' transpose.
-    pooler: a dense + tanh layer on the first token, output as `pooled`.
+    pooler: a dense layer and `pooler_activation` on the first token, output
+      as `pooled`.
+    pooler_activation: 'tanh' (BERT) or 'relu' (DistilBERT's `pre_classifier`).
     initializer_range: standard deviation of the normal initialisers.
     dtype: computation dtype (parameters stay float32).
+    decode: keep keys and values in a `cache` collection for generation one
+      step at a time (causal models only); see `Transformer`.
   """
   vocab_size: int = 30522
   hidden_size: int = 768
@@ -78,8 +86,10 @@ class TransformerConfig:
   position_offset: int = 0
   tie_word_embeddings: bool = True
   pooler: bool = True
+  pooler_activation: str = 'tanh'
   initializer_range: float = 0.02
   dtype: Any = jnp.float32
+  decode: bool = False
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -88,6 +98,11 @@ class TransformerConfig:
     if self.activation not in _ACTIVATIONS:
       raise ConfigError(f'unknown activation {self.activation!r}; use one of '
                         f'{sorted(_ACTIVATIONS)}')
+    if self.pooler_activation not in _POOLER_ACTIVATIONS:
+      raise ConfigError(f'unknown pooler_activation {self.pooler_activation!r}; use one of '
+                        f'{sorted(_POOLER_ACTIVATIONS)}')
+    if self.decode and not self.causal:
+      raise ConfigError('decode=True needs a causal model (causal=True)')
 
 
 def _bert(num_layers: int, hidden_size: int, num_heads: int) -> TransformerConfig:
@@ -177,26 +192,55 @@ def _residual_std(cfg: TransformerConfig) -> float:
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention with separate query, key and value projections."""
+  """Multi-head self-attention with separate query, key and value projections.
+
+  Queries have length L and keys length T: T = L, except in decoding
+  (`config.decode`), where the keys and values of every call so far are kept
+  in the `cache` collection (`cached_key`, `cached_value` (B, T, H, K) and
+  `cache_index`) and the mask is (B, 1, L, T).
+  """
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxL: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxT: jax.Array, *, train: bool) -> jax.Array:
     cfg = self.config
     b, l, d = x_BxLxD.shape
     h = cfg.num_heads
     k = d // h
-    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
+    q_BxLxHxK, k_BxTxHxK, v_BxTxHxK = (
         _dense(cfg, d, name)(x_BxLxD).reshape(b, l, h, k) for name in ('query', 'key', 'value'))
-    scores_BxHxLxL = jnp.einsum('bqhk,bthk->bhqt', q_BxLxHxK, k_BxLxHxK,
+    if cfg.decode:
+      k_BxTxHxK, v_BxTxHxK = self._cached_keys_values(k_BxTxHxK, v_BxTxHxK)
+    scores_BxHxLxT = jnp.einsum('bqhk,bthk->bhqt', q_BxLxHxK, k_BxTxHxK,
                                 preferred_element_type=jnp.float32) * k ** -0.5
     # The most negative finite float, not -inf: a query with no key left (padding in a
     # packed row) gets uniform weights instead of NaN.
-    scores_BxHxLxL += jnp.where(mask_Bx1xLxL, 0.0, jnp.finfo(jnp.float32).min)
-    probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1)
-    probs_BxHxLxL = nn.Dropout(cfg.attention_dropout, deterministic=not train)(probs_BxHxLxL)
-    out_BxLxHxK = jnp.einsum('bhqt,bthk->bqhk', probs_BxHxLxL.astype(cfg.dtype), v_BxLxHxK)
+    scores_BxHxLxT += jnp.where(mask_Bx1xLxT, 0.0, jnp.finfo(jnp.float32).min)
+    probs_BxHxLxT = jax.nn.softmax(scores_BxHxLxT, axis=-1)
+    probs_BxHxLxT = nn.Dropout(cfg.attention_dropout, deterministic=not train)(probs_BxHxLxT)
+    out_BxLxHxK = jnp.einsum('bhqt,bthk->bqhk', probs_BxHxLxT.astype(cfg.dtype), v_BxTxHxK)
     return _dense(cfg, d, 'output', _residual_std(cfg))(out_BxLxHxK.reshape(b, l, d))
+
+  def _cached_keys_values(self, k_BxLxHxK: jax.Array,
+                          v_BxLxHxK: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Writes this call's keys and values at `cache_index`; returns all T cached ones.
+
+    Initialisation only sizes the cache (T = L) and attends over its own inputs,
+    as Flax's decoders do.
+    """
+    initialized = self.has_variable('cache', 'cached_key')
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, k_BxLxHxK.shape, k_BxLxHxK.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, v_BxLxHxK.shape,
+                                 v_BxLxHxK.dtype)
+    cache_index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+    if not initialized:
+      return k_BxLxHxK, v_BxLxHxK
+    start = cache_index.value
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BxLxHxK, (0, start, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BxLxHxK,
+                                                      (0, start, 0, 0))
+    cache_index.value = start + k_BxLxHxK.shape[1]
+    return cached_key.value, cached_value.value
 
 
 class MLP(nn.Module):
@@ -266,12 +310,14 @@ class Embeddings(nn.Module):
 
 
 class _Pooler(nn.Module):
-  """BERT's pooler: dense + tanh on the first token."""
+  """BERT's pooler: dense + tanh (or the config's `pooler_activation`) on the first token."""
   config: TransformerConfig
 
   @nn.compact
   def __call__(self, x_BxD: jax.Array) -> jax.Array:
-    return jnp.tanh(_dense(self.config, self.config.hidden_size, 'dense')(x_BxD))
+    cfg = self.config
+    x_BxD = _dense(cfg, cfg.hidden_size, 'dense')(x_BxD)
+    return _POOLER_ACTIVATIONS[cfg.pooler_activation](x_BxD)
 
 
 class Transformer(nn.Module):
@@ -281,6 +327,15 @@ class Transformer(nn.Module):
   padding; default all real), `token_type_ids`, `positions` (default
   `arange(L) + position_offset`), and `segment_ids` for packed documents (give
   `positions` that restart at each document too).
+
+  Decoding (`config.decode`): `init` with `input_ids` of shape (B, T) sizes a
+  cache of T tokens (T + `position_offset` at most `max_position_embeddings`).
+  `apply` with that cache and `mutable=['cache']` then takes the next L >= 1
+  tokens of each row (a whole prompt, then one token at a time): they attend to
+  every real token cached so far and to themselves causally, and their default
+  positions continue from the cache index. `attention_mask` marks padding keys
+  (for left-padded prompts); `segment_ids` are not supported. Writing past T
+  is not checked.
 
   Returns:
     `hidden_states` (B, L, D) of the last layer; `pooled` (B, D) when the config
@@ -300,13 +355,23 @@ class Transformer(nn.Module):
     attention_mask_BxL = batch.get('attention_mask')
     if attention_mask_BxL is None:
       attention_mask_BxL = jnp.ones((b, l), jnp.int32)
+    start = 0
+    if cfg.decode:
+      start, decode_mask_Bx1xLxT = self._decode_cache(attention_mask_BxL, batch)
     positions_BxL = batch.get('positions')
+    if positions_BxL is None and cfg.position_offset and not cfg.decode:
+      # RoBERTa's numbering: real tokens from `position_offset` on, padding at the
+      # padding index just below, wherever the padding is.
+      mask_BxL = attention_mask_BxL.astype(jnp.int32)
+      positions_BxL = jnp.cumsum(mask_BxL, axis=1) * mask_BxL + cfg.position_offset - 1
     if positions_BxL is None:
-      positions_BxL = jnp.broadcast_to(jnp.arange(l) + cfg.position_offset, (b, l))
+      positions_BxL = jnp.broadcast_to(jnp.arange(l) + start + cfg.position_offset, (b, l))
     x_BxLxD = self.embeddings(input_ids_BxL, positions_BxL, batch.get('token_type_ids'),
                               train=train)
     mask_Bx1xLxL = make_attention_mask(attention_mask_BxL, segment_ids_BxL=batch.get('segment_ids'),
                                        causal=cfg.causal)
+    if cfg.decode:
+      mask_Bx1xLxL = decode_mask_Bx1xLxT
     for i in range(cfg.num_layers):
       x_BxLxD = TransformerBlock(cfg, name=f'layer_{i}')(x_BxLxD, mask_Bx1xLxL, train=train)
     if cfg.pre_norm:
@@ -322,6 +387,37 @@ class Transformer(nn.Module):
   def attend(self, x_BxLxD: jax.Array) -> jax.Array:
     """Logits over the vocabulary with the tied word embeddings: `x @ E.T`."""
     return self.embeddings.attend(x_BxLxD)
+
+  def _decode_cache(self, attention_mask_BxL: jax.Array,
+                    batch: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
+    """Cache index of this call's first token, and its (B, 1, L, T) mask over the cache.
+
+    The cache keeps which of its T slots hold real (unpadded) tokens, so that
+    padding in a prompt stays masked in every later step.
+    """
+    cfg = self.config
+    b, l = attention_mask_BxL.shape
+    if batch.get('segment_ids') is not None:
+      raise ConfigError('segment_ids are not supported in decoding; give each document its own '
+                        'row, left-padded with attention_mask 0')
+    initialized = self.has_variable('cache', 'index')
+    index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+    key_mask = self.variable('cache', 'key_mask', jnp.zeros, (b, l), bool)
+    if not initialized:
+      # The position table is a gather, which would clamp out-of-range positions silently.
+      if l + cfg.position_offset > cfg.max_position_embeddings:
+        raise ConfigError(f'a decoding cache of {l} tokens needs positions up to '
+                          f'{l + cfg.position_offset - 1}, beyond max_position_embeddings='
+                          f'{cfg.max_position_embeddings}; shorten the prompt or the '
+                          f'number of new tokens')
+      return jnp.zeros((), jnp.int32), make_attention_mask(attention_mask_BxL, causal=True)
+    start = index.value
+    key_mask.value = jax.lax.dynamic_update_slice(key_mask.value,
+                                                  attention_mask_BxL.astype(bool), (0, start))
+    index.value = start + l
+    t = key_mask.value.shape[1]
+    causal_LxT = jnp.arange(t)[None, :] <= start + jnp.arange(l)[:, None]
+    return start, key_mask.value[:, None, None, :] & causal_LxT
 
 
 class LMHead(nn.Module):

@@ -1,0 +1,400 @@
+"""Hugging Face BERT, RoBERTa, DistilBERT and GPT-2 checkpoints as jaxpretrain models.
+
+`load_hf(directory)` reads a directory written by `save_pretrained` (or
+downloaded from the Hub): `config.json` becomes a `TransformerConfig` and the
+task model named by `architectures[0]`, and the weights are renamed onto the
+model's parameter tree:
+
+  * PyTorch `Linear` weights (out, in) are transposed to Flax kernels (in, out);
+    GPT-2's `Conv1D` weights are already (in, out), and its fused `c_attn`
+    splits into `query`, `key` and `value`;
+  * LayerNorm `weight` (or `gamma`) becomes `scale`, embeddings' `weight`
+    becomes `embedding`;
+  * tied decoders (`cls.predictions.decoder`, `lm_head.decoder`,
+    `vocab_projector`, GPT-2's `lm_head`) are the word embeddings again and are
+    not stored twice; their bias is the head's `bias`;
+  * classification heads: BERT's `pooler` + `classifier`, RoBERTa's
+    `classifier.dense` (tanh) + `classifier.out_proj` and DistilBERT's
+    `pre_classifier` (ReLU) + `classifier` are the backbone's pooler and our
+    `head/dense`, so they run as `SequenceClassifier(pooling='pooled')`.
+
+Weights the converter does not know are an error; known ones the chosen model
+does not use (BERT's next-sentence head, GPT-2's causal-mask buffers, an MLM head
+under a backbone-only architecture) are logged at INFO level.
+"""
+
+from collections.abc import Mapping
+import logging
+import os
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpretrain import tree as tree_lib
+from jaxpretrain.convert import files
+from jaxpretrain.errors import CheckpointMismatchError, ConfigError
+from jaxpretrain.models.text_heads import (BertForMaskedLM, GPTForCausalLM, Regressor,
+                                           SequenceClassifier, TokenClassifier)
+from jaxpretrain.models.transformer import Transformer, TransformerConfig
+
+Params = dict[str, Any]
+
+# model_type -> the prefix its task models put before the backbone's weights, and
+# the backbone-only architecture.
+_FAMILIES = {
+    'bert': ('bert.', 'BertModel'),
+    'roberta': ('roberta.', 'RobertaModel'),
+    'distilbert': ('distilbert.', 'DistilBertModel'),
+    'gpt2': ('transformer.', 'GPT2Model'),
+}
+
+# architectures[0] -> (model_type, task). 'backbone' is the bare `Transformer`.
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    'BertModel': ('bert', 'backbone'),
+    'BertForMaskedLM': ('bert', 'masked_lm'),
+    'BertForSequenceClassification': ('bert', 'sequence_classification'),
+    'BertForTokenClassification': ('bert', 'token_classification'),
+    'RobertaModel': ('roberta', 'backbone'),
+    'RobertaForMaskedLM': ('roberta', 'masked_lm'),
+    'RobertaForSequenceClassification': ('roberta', 'sequence_classification'),
+    'RobertaForTokenClassification': ('roberta', 'token_classification'),
+    'DistilBertModel': ('distilbert', 'backbone'),
+    'DistilBertForMaskedLM': ('distilbert', 'masked_lm'),
+    'DistilBertForSequenceClassification': ('distilbert', 'sequence_classification'),
+    'DistilBertForTokenClassification': ('distilbert', 'token_classification'),
+    'GPT2Model': ('gpt2', 'backbone'),
+    'GPT2LMHeadModel': ('gpt2', 'causal_lm'),
+}
+
+_ACTIVATIONS = {'gelu': 'gelu', 'relu': 'relu', 'gelu_new': 'gelu_new',
+                'gelu_pytorch_tanh': 'gelu_new'}
+
+# (regex over a PyTorch module name, without the family prefix; our module path; kind).
+# Kinds: 'linear' (transpose), 'conv1d' (already (in, out)), 'qkv' (GPT-2's fused
+# projection), 'norm', 'embedding', 'bias' (a bare bias parameter), 'decoder' (tied LM
+# projection: its weight is the word embeddings unless untied, its bias the head's).
+_BERT_RULES = (
+    (r'embeddings\.word_embeddings', r'encoder/embeddings/word_embeddings', 'embedding'),
+    (r'embeddings\.position_embeddings', r'encoder/embeddings/position_embeddings', 'embedding'),
+    (r'embeddings\.token_type_embeddings', r'encoder/embeddings/token_type_embeddings',
+     'embedding'),
+    (r'embeddings\.LayerNorm', r'encoder/embeddings/layer_norm', 'norm'),
+    (r'encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)', r'encoder/layer_\1/attention/\2',
+     'linear'),
+    (r'encoder\.layer\.(\d+)\.attention\.output\.dense', r'encoder/layer_\1/attention/output',
+     'linear'),
+    (r'encoder\.layer\.(\d+)\.attention\.output\.LayerNorm', r'encoder/layer_\1/attention_norm',
+     'norm'),
+    (r'encoder\.layer\.(\d+)\.intermediate\.dense', r'encoder/layer_\1/mlp/input', 'linear'),
+    (r'encoder\.layer\.(\d+)\.output\.dense', r'encoder/layer_\1/mlp/output', 'linear'),
+    (r'encoder\.layer\.(\d+)\.output\.LayerNorm', r'encoder/layer_\1/mlp_norm', 'norm'),
+    (r'pooler\.dense', r'encoder/pooler/dense', 'linear'),
+    (r'cls\.predictions\.transform\.dense', r'head/dense', 'linear'),
+    (r'cls\.predictions\.transform\.LayerNorm', r'head/layer_norm', 'norm'),
+    (r'cls\.predictions', r'head', 'bias'),
+    (r'cls\.predictions\.decoder', r'head', 'decoder'),
+    (r'lm_head\.dense', r'head/dense', 'linear'),
+    (r'lm_head\.layer_norm', r'head/layer_norm', 'norm'),
+    (r'lm_head', r'head', 'bias'),
+    (r'lm_head\.decoder', r'head', 'decoder'),
+    (r'classifier\.dense', r'encoder/pooler/dense', 'linear'),  # RoBERTa: dense + tanh
+    (r'classifier\.out_proj', r'head/dense', 'linear'),
+    (r'classifier', r'head/dense', 'linear'),
+)
+_DISTILBERT_RULES = (
+    (r'embeddings\.word_embeddings', r'encoder/embeddings/word_embeddings', 'embedding'),
+    (r'embeddings\.position_embeddings', r'encoder/embeddings/position_embeddings', 'embedding'),
+    (r'embeddings\.LayerNorm', r'encoder/embeddings/layer_norm', 'norm'),
+    (r'transformer\.layer\.(\d+)\.attention\.q_lin', r'encoder/layer_\1/attention/query', 'linear'),
+    (r'transformer\.layer\.(\d+)\.attention\.k_lin', r'encoder/layer_\1/attention/key', 'linear'),
+    (r'transformer\.layer\.(\d+)\.attention\.v_lin', r'encoder/layer_\1/attention/value', 'linear'),
+    (r'transformer\.layer\.(\d+)\.attention\.out_lin', r'encoder/layer_\1/attention/output',
+     'linear'),
+    (r'transformer\.layer\.(\d+)\.sa_layer_norm', r'encoder/layer_\1/attention_norm', 'norm'),
+    (r'transformer\.layer\.(\d+)\.ffn\.lin1', r'encoder/layer_\1/mlp/input', 'linear'),
+    (r'transformer\.layer\.(\d+)\.ffn\.lin2', r'encoder/layer_\1/mlp/output', 'linear'),
+    (r'transformer\.layer\.(\d+)\.output_layer_norm', r'encoder/layer_\1/mlp_norm', 'norm'),
+    (r'vocab_transform', r'head/dense', 'linear'),
+    (r'vocab_layer_norm', r'head/layer_norm', 'norm'),
+    (r'vocab_projector', r'head', 'decoder'),
+    (r'pre_classifier', r'encoder/pooler/dense', 'linear'),  # dense + ReLU
+    (r'classifier', r'head/dense', 'linear'),
+)
+_GPT2_RULES = (
+    (r'wte', r'encoder/embeddings/word_embeddings', 'embedding'),
+    (r'wpe', r'encoder/embeddings/position_embeddings', 'embedding'),
+    (r'h\.(\d+)\.ln_1', r'encoder/layer_\1/attention_norm', 'norm'),
+    (r'h\.(\d+)\.attn\.c_attn', r'encoder/layer_\1/attention', 'qkv'),
+    (r'h\.(\d+)\.attn\.c_proj', r'encoder/layer_\1/attention/output', 'conv1d'),
+    (r'h\.(\d+)\.ln_2', r'encoder/layer_\1/mlp_norm', 'norm'),
+    (r'h\.(\d+)\.mlp\.c_fc', r'encoder/layer_\1/mlp/input', 'conv1d'),
+    (r'h\.(\d+)\.mlp\.c_proj', r'encoder/layer_\1/mlp/output', 'conv1d'),
+    (r'ln_f', r'encoder/final_norm', 'norm'),
+    (r'lm_head', r'head', 'decoder'),
+)
+_RULES = {'bert': _BERT_RULES, 'roberta': _BERT_RULES, 'distilbert': _DISTILBERT_RULES,
+          'gpt2': _GPT2_RULES}
+
+# Stored weights no model here uses: position-id and causal-mask buffers of older
+# `transformers`, and BERT's next-sentence head.
+_UNUSED = re.compile(r'(.*\.)?position_ids|h\.\d+\.attn\.(masked_)?bias|cls\.seq_relationship\..*')
+
+# Parameter names of a PyTorch module kind, and ours.
+_LEAVES = {
+    'linear': {'weight': 'kernel', 'bias': 'bias'},
+    'conv1d': {'weight': 'kernel', 'bias': 'bias'},
+    'qkv': {'weight': 'kernel', 'bias': 'bias'},
+    'norm': {'weight': 'scale', 'bias': 'bias', 'gamma': 'scale', 'beta': 'bias'},
+    'embedding': {'weight': 'embedding'},
+    'bias': {'bias': 'bias'},
+    'decoder': {'weight': 'decoder/kernel', 'bias': 'bias'},
+}
+
+
+def load_hf(directory: str | os.PathLike, *, architecture: str | None = None
+            ) -> tuple[nn.Module, Params]:
+  """A Hugging Face model directory as a jaxpretrain model and its variables.
+
+  Args:
+    directory: holds `config.json` and `model.safetensors` (read without
+      PyTorch) or `pytorch_model.bin` (needs PyTorch), or sharded versions.
+    architecture: overrides `architectures[0]` of `config.json`, e.g.
+      'BertModel' to load only the backbone of a `BertForMaskedLM`. Without
+      either, the family's backbone-only architecture.
+
+  Returns:
+    `(model, variables)`. `*Model` architectures give the bare `Transformer`
+    backbone (its parameters at the root of `variables['params']`);
+    `*ForMaskedLM` a `BertForMaskedLM`, `GPT2LMHeadModel` a `GPTForCausalLM`,
+    `*ForSequenceClassification` a `SequenceClassifier` (a `Regressor` when
+    `num_labels == 1`) and `*ForTokenClassification` a `TokenClassifier`, each
+    with the backbone under `encoder/` and the task layers under `head/`.
+
+  Raises:
+    FileNotFoundError: no `config.json` or no weights file.
+    ConfigError: an unsupported `model_type`, architecture or option.
+    CheckpointMismatchError: unknown, missing or wrongly shaped weights.
+
+  Example:
+    >>> model, variables = load_hf('bert-tiny/')
+    >>> out = model.apply(variables, {'input_ids': ids, 'attention_mask': mask})
+  """
+  return from_state_dict(files.read_config(directory), files.read_state_dict(directory),
+                         architecture=architecture)
+
+
+def hf_params(directory: str | os.PathLike, *, architecture: str | None = None) -> Params:
+  """The parameters of a Hugging Face model directory, named as our task models name them.
+
+  The backbone is under `encoder/` (also for `*Model` architectures) and any
+  task layers under `head/`, so `finetune.from_pretrained` grafts them
+  directly; select `'encoder/.*'` to start a new head.
+
+  Example:
+    >>> transform = finetune.from_pretrained(lambda: hf_params('bert-tiny/'),
+    ...                                      select='encoder/.*')
+  """
+  model, variables = load_hf(directory, architecture=architecture)
+  params = variables['params']
+  return {'encoder': params} if isinstance(model, Transformer) else params
+
+
+def from_state_dict(hf_config: Mapping[str, Any], state_dict: Mapping[str, Any], *,
+                    architecture: str | None = None) -> tuple[nn.Module, Params]:
+  """`load_hf` on a config dict and a state dict of arrays already in memory.
+
+  Args:
+    hf_config: the contents of a `config.json` (or `transformers` config's
+      `to_dict()`).
+    state_dict: PyTorch weight names to numpy arrays.
+    architecture: as in `load_hf`.
+  """
+  model_type = hf_config.get('model_type')
+  if model_type not in _FAMILIES:
+    raise ConfigError(f'model_type {model_type!r} is not supported; jaxpretrain.convert reads '
+                      f'{sorted(_FAMILIES)} checkpoints.')
+  prefix, backbone = _FAMILIES[model_type]
+  architecture = architecture or (hf_config.get('architectures') or [backbone])[0]
+  if ARCHITECTURES.get(architecture, (None,))[0] != model_type:
+    supported = [a for a, (t, _) in ARCHITECTURES.items() if t == model_type]
+    raise ConfigError(f'architecture {architecture!r} is not supported for model_type '
+                      f'{model_type!r}; supported: {supported}. Pass architecture=... to load '
+                      'the backbone or another compatible model.')
+  task = ARCHITECTURES[architecture][1]
+  has_pooler = any(k.removeprefix(prefix).startswith('pooler.') for k in state_dict)
+  model = _model(hf_config, task, has_pooler)
+  flat, sources, unused = _convert(state_dict, prefix, _RULES[model_type],
+                                   model.config.tie_word_embeddings)
+  expected = _expected_shapes(model)
+  unused += sorted({sources[p] for p in flat if p not in expected})
+  if unused:
+    logging.info('load_hf: %s does not use these checkpoint weights: %s', architecture,
+                 ', '.join(unused))
+  flat = {p: v for p, v in flat.items() if p in expected}
+  _check(flat, sources, expected, architecture)
+  params = tree_lib.unflatten({p: jnp.asarray(v, jnp.float32) for p, v in flat.items()})
+  if isinstance(model, Transformer):
+    params = params['encoder']
+  return model, {'params': params}
+
+
+def _model(hf: Mapping[str, Any], task: str, has_pooler: bool) -> nn.Module:
+  """The task model for `task` on the backbone `hf` describes."""
+  sequence = task == 'sequence_classification'
+  # The encoders' classification heads start with a dense layer on the first token:
+  # BERT's pooler, RoBERTa's classifier.dense, DistilBERT's pre_classifier.
+  cfg = _transformer_config(hf, pooler=has_pooler or sequence)
+  if task == 'backbone':
+    return Transformer(cfg)
+  if task == 'masked_lm':
+    return BertForMaskedLM(cfg)
+  if task == 'causal_lm':
+    return GPTForCausalLM(cfg)
+  num_labels = hf.get('num_labels') or len(hf.get('id2label') or {}) or 2
+  dropout = hf.get('classifier_dropout')
+  if hf['model_type'] == 'distilbert':
+    dropout = hf.get('seq_classif_dropout', 0.2) if sequence else hf.get('dropout', 0.1)
+  dropout = cfg.dropout if dropout is None else float(dropout)
+  if sequence and num_labels == 1:  # As in `transformers`: one label is regression.
+    return Regressor(cfg, pooling='pooled', dropout=dropout)
+  if sequence:
+    return SequenceClassifier(cfg, num_labels, pooling='pooled', dropout=dropout)
+  return TokenClassifier(cfg, num_labels, dropout=dropout)
+
+
+def _transformer_config(hf: Mapping[str, Any], *, pooler: bool) -> TransformerConfig:
+  """Our `TransformerConfig` for a `transformers` config dict (defaults as theirs)."""
+  model_type = hf['model_type']
+  get = lambda key, default: default if hf.get(key) is None else hf[key]
+  if model_type == 'gpt2':
+    for key, ok in (('scale_attn_weights', True), ('scale_attn_by_inverse_layer_idx', False),
+                    ('add_cross_attention', False)):
+      if get(key, ok) != ok:
+        raise ConfigError(f'GPT-2 with {key}={hf[key]} is not supported (only {key}={ok}).')
+    d = get('n_embd', 768)
+    pad = get('pad_token_id', get('eos_token_id', 0))
+    return TransformerConfig(
+        vocab_size=get('vocab_size', 50257), hidden_size=d, num_layers=get('n_layer', 12),
+        num_heads=get('n_head', 12), intermediate_size=get('n_inner', 4 * d),
+        max_position_embeddings=get('n_positions', 1024), type_vocab_size=0,
+        dropout=get('resid_pdrop', 0.1), attention_dropout=get('attn_pdrop', 0.1),
+        layer_norm_eps=get('layer_norm_epsilon', 1e-5), pre_norm=True, causal=True,
+        activation=_activation(get('activation_function', 'gelu_new')),
+        pad_token_id=pad, tie_word_embeddings=get('tie_word_embeddings', True), pooler=False,
+        initializer_range=get('initializer_range', 0.02))
+  if model_type == 'distilbert':
+    return TransformerConfig(
+        vocab_size=get('vocab_size', 30522), hidden_size=get('dim', 768),
+        num_layers=get('n_layers', 6), num_heads=get('n_heads', 12),
+        intermediate_size=get('hidden_dim', 3072),
+        max_position_embeddings=get('max_position_embeddings', 512), type_vocab_size=0,
+        dropout=get('dropout', 0.1), attention_dropout=get('attention_dropout', 0.1),
+        layer_norm_eps=1e-12, activation=_activation(get('activation', 'gelu')),
+        pad_token_id=get('pad_token_id', 0), tie_word_embeddings=get('tie_word_embeddings', True),
+        pooler=pooler, pooler_activation='relu', initializer_range=get('initializer_range', 0.02))
+  for key, ok in (('position_embedding_type', 'absolute'), ('is_decoder', False),
+                  ('add_cross_attention', False)):
+    if get(key, ok) != ok:
+      raise ConfigError(f'{model_type} with {key}={hf[key]!r} is not supported (only {ok!r}).')
+  pad = get('pad_token_id', 1 if model_type == 'roberta' else 0)
+  return TransformerConfig(
+      vocab_size=get('vocab_size', 30522), hidden_size=get('hidden_size', 768),
+      num_layers=get('num_hidden_layers', 12), num_heads=get('num_attention_heads', 12),
+      intermediate_size=get('intermediate_size', 3072),
+      max_position_embeddings=get('max_position_embeddings', 512),
+      type_vocab_size=get('type_vocab_size', 2), dropout=get('hidden_dropout_prob', 0.1),
+      attention_dropout=get('attention_probs_dropout_prob', 0.1),
+      layer_norm_eps=get('layer_norm_eps', 1e-12),
+      activation=_activation(get('hidden_act', 'gelu')), pad_token_id=pad,
+      position_offset=pad + 1 if model_type == 'roberta' else 0,
+      tie_word_embeddings=get('tie_word_embeddings', True), pooler=pooler,
+      initializer_range=get('initializer_range', 0.02))
+
+
+def _activation(name: str) -> str:
+  if name not in _ACTIVATIONS:
+    raise ConfigError(f'activation {name!r} is not supported; use one of {sorted(_ACTIVATIONS)}.')
+  return _ACTIVATIONS[name]
+
+
+def _convert(state_dict: Mapping[str, Any], prefix: str, rules: tuple[tuple[str, str, str], ...],
+             tied: bool) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
+  """Renames and reshapes PyTorch weights onto our `/`-joined parameter paths.
+
+  Rules match the names without `prefix`, which task models put before the
+  backbone and backbone-only models do not.
+
+  Returns:
+    `(flat, sources, unused)`: our parameters by path, the PyTorch name each
+    came from, and the PyTorch names deliberately left out.
+
+  Raises:
+    CheckpointMismatchError: listing the weights that no rule knows.
+  """
+  compiled = [(re.compile(pattern), target, kind) for pattern, target, kind in rules]
+  flat, sources, unused, unknown = {}, {}, [], []
+  for name in sorted(state_dict):
+    module, _, leaf = name.removeprefix(prefix).rpartition('.')
+    hit = next(((m, t, k) for p, t, k in compiled
+                if leaf in _LEAVES[k] and (m := p.fullmatch(module))), None)
+    if hit is None:
+      (unused if _UNUSED.fullmatch(name.removeprefix(prefix)) else unknown).append(name)
+      continue
+    match, target, kind = hit
+    path = f'{match.expand(target)}/{_LEAVES[kind][leaf]}'
+    if kind == 'decoder' and leaf == 'weight' and tied:
+      unused.append(f'{name} (tied to the word embeddings)')
+      continue
+    value = np.asarray(state_dict[name])
+    if kind in ('linear', 'decoder') and leaf == 'weight':
+      value = value.T
+    if kind == 'decoder' and path in flat:
+      # The decoder's bias is the head's `bias`, which older versions store twice; sorted
+      # names put `*.bias` before `*.decoder.bias`.
+      continue
+    if path in flat:
+      raise CheckpointMismatchError(f'{sources[path]} and {name} both convert to {path}; pass '
+                                    'architecture=... for the model the checkpoint was saved from.')
+    if kind == 'qkv':
+      base, _, leaf_name = path.rpartition('/')
+      for part, piece in zip(('query', 'key', 'value'), np.array_split(value, 3, axis=-1)):
+        flat[f'{base}/{part}/{leaf_name}'], sources[f'{base}/{part}/{leaf_name}'] = piece, name
+      continue
+    flat[path], sources[path] = value, name
+  if unknown:
+    raise CheckpointMismatchError(
+        f'{len(unknown)} checkpoint weight(s) match nothing jaxpretrain.convert knows: '
+        f'{unknown[:20]}{" ..." if len(unknown) > 20 else ""}. The checkpoint may come from a '
+        'variant of the architecture that is not supported.')
+  return flat, sources, unused
+
+
+def _expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+  """Our model's parameter shapes by `/`-joined path, always with the backbone under `encoder/`."""
+  batch = {'input_ids': jnp.zeros((1, 1), jnp.int32)}
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
+  params = shapes['params']
+  if isinstance(model, Transformer):
+    params = {'encoder': params}
+  return {p: tuple(x.shape) for p, x in tree_lib.flatten(params).items()}
+
+
+def _check(flat: Mapping[str, np.ndarray], sources: Mapping[str, str],
+           expected: Mapping[str, tuple[int, ...]], architecture: str) -> None:
+  """Raises if a parameter is missing or has the wrong shape."""
+  missing = sorted(p for p in expected if p not in flat)
+  if missing:
+    raise CheckpointMismatchError(
+        f'the checkpoint lacks weights that {architecture} needs: {missing}. Check that the '
+        'directory holds all weight files, or pass architecture=... for a model that fits.')
+  wrong = [f'{sources[p]} {np.shape(flat[p])} for {p} {expected[p]}' for p in sorted(flat)
+           if tuple(np.shape(flat[p])) != expected[p]]
+  if wrong:
+    raise CheckpointMismatchError(
+        f'weights whose shapes disagree with config.json (converted shape, then what '
+        f'{architecture} expects): {wrong}')
+
