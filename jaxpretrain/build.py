@@ -1,6 +1,7 @@
 """From config sections to library objects, through explicit name → factory dicts."""
 
 from collections.abc import Callable, Mapping
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -9,9 +10,11 @@ import optax
 
 from jaxpretrain import finetune
 from jaxpretrain.data import augment as augment_lib
+from jaxpretrain.data import tokenizers
 from jaxpretrain.errors import ConfigError
-from jaxpretrain.models import (Autoencoder, Classifier, ConvDecoder, ConvEncoder,
-                                PretextClassifier)
+from jaxpretrain.models import (PRESETS, Autoencoder, BertForMaskedLM, Classifier, ConvDecoder,
+                                ConvEncoder, GPTForCausalLM, PretextClassifier,
+                                SequenceClassifier, TransformerConfig)
 from jaxpretrain import objectives
 
 Config = ml_collections.ConfigDict
@@ -31,19 +34,49 @@ def _encoder(cfg: Config) -> nn.Module:
   return ConvEncoder(**cfg.to_dict())
 
 
+def _transformer(cfg: Config) -> TransformerConfig:
+  """A preset of `models.PRESETS` with the section's other keys replacing its fields."""
+  fields = cfg.to_dict()
+  preset = fields.pop('preset')
+  if preset not in PRESETS:
+    raise ConfigError(f'unknown transformer preset {preset!r}; choose one of {sorted(PRESETS)}')
+  return dataclasses.replace(PRESETS[preset], **fields)
+
+
 MODELS: dict[str, Callable[[Config], nn.Module]] = {
     'conv_classifier': lambda c: Classifier(_encoder(c.encoder), c.num_classes,
                                             c.get('dropout', 0.0)),
     'conv_autoencoder': lambda c: Autoencoder(_encoder(c.encoder),
                                               ConvDecoder(**c.decoder.to_dict())),
     'conv_pretext': lambda c: PretextClassifier(_encoder(c.encoder), **_kwargs(c.pretext_head)),
+    'bert_mlm': lambda c: BertForMaskedLM(_transformer(c.transformer)),
+    'gpt_clm': lambda c: GPTForCausalLM(_transformer(c.transformer)),
+    'text_classifier': lambda c: SequenceClassifier(
+        _transformer(c.transformer), c.num_classes, pooling=c.get('pooling') or None,
+        dropout=c.get('dropout') or None),
 }
 
 OBJECTIVES: dict[str, Callable[..., objectives.Objective]] = {
     'classification': objectives.classification,
     'denoising': objectives.denoising,
     'rotation_prediction': objectives.rotation_prediction,
+    'masked_lm': objectives.masked_lm,
+    'causal_lm': objectives.causal_lm,
 }
+
+
+def _token_kwargs(name: str, tokenizer: Any) -> dict[str, Any]:
+  """What an objective needs to know of the run's tokenizer (masked LM: its special ids)."""
+  if name != 'masked_lm':
+    return {}
+  if tokenizer is None:
+    raise ConfigError('the masked_lm objective needs a text dataset with a tokenizer')
+  ids = tokenizers.special_ids(tokenizer)
+  if 'mask' not in ids:
+    raise ConfigError(f'masked_lm needs a tokenizer with a mask token; this one has {ids}: '
+                      "use data.tokenizer.kind='wordpiece'")
+  return dict(mask_id=ids['mask'], vocab_size=tokenizer.get_vocab_size(),
+              special_ids=sorted(ids.values()))
 
 AUGMENTS: dict[str, Callable[..., augment_lib.Augment]] = {
     'standard': augment_lib.standard,
@@ -56,9 +89,11 @@ def model(cfg: Config) -> nn.Module:
   return _pick(MODELS, cfg.name, 'model')(cfg)
 
 
-def objective(cfg: Config, augment_cfg: Config | None = None) -> objectives.Objective:
+def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any = None
+              ) -> objectives.Objective:
   """The objective named by `cfg.name`, with training augmentation if `augment_cfg.name`."""
-  obj = _pick(OBJECTIVES, cfg.name, 'objective')(**_kwargs(cfg))
+  obj = _pick(OBJECTIVES, cfg.name, 'objective')(**_kwargs(cfg),
+                                                  **_token_kwargs(cfg.name, tokenizer))
   if augment_cfg is not None and augment_cfg.get('name', 'none') != 'none':
     aug = _pick(AUGMENTS, augment_cfg.name, 'augmentation')(**_kwargs(augment_cfg))
     obj = objectives.with_augmentation(obj, aug)

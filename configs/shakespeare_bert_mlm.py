@@ -1,0 +1,19 @@
+"""BERT-mini masked-LM pre-training on the Shakespeare plays of the training split.
+
+A WordPiece tokenizer is trained on the same plays and saved in the work
+directory. `:tiny` for tests.
+"""
+
+import pathlib
+
+from jaxpretrain.config import import_file, run_config
+
+common = import_file(pathlib.Path(__file__).with_name('shakespeare_common.py'))
+
+
+def get_config(variant=None):
+  c = run_config()
+  c.data = common.data('shakespeare_mlm', variant, seq_len=128)
+  c.model = dict(name='bert_mlm', transformer=common.transformer('bert_mini', variant))
+  c.objective = dict(name='masked_lm', rate=0.15)
+  return common.lm_schedule(c, variant)

@@ -1,0 +1,44 @@
+"""Shared pieces of the Shakespeare text configs: data sections and model sizes."""
+
+import ml_collections
+
+
+def data(name, variant, *, seq_len, kind='wordpiece'):
+  """A text data section: the dataset, its play splits and the run's tokenizer."""
+  d = ml_collections.ConfigDict(dict(
+      name=name, train_split='train', validation_split='validation', seq_len=seq_len, words=64,
+      labelled_per_class=0, validation_per_class=0, batch_size=32, eval_batch_size=64,
+      in_memory=True, data_dir='', subset_seed=0,
+      tokenizer=dict(kind=kind, vocab_size=8192, path='')))
+  if variant == 'tiny':
+    d.seq_len, d.batch_size, d.eval_batch_size = 32, 8, 256
+    d.tokenizer.vocab_size = 400
+  return d
+
+
+def transformer(preset, variant):
+  """A Transformer section: a preset of `jaxpretrain.models.PRESETS` (tiny: 2 small layers)."""
+  t = ml_collections.ConfigDict(dict(preset=preset, vocab_size=0, pad_token_id=0))
+  if variant == 'tiny':
+    t.update(dict(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
+                  max_position_embeddings=64))
+  return t
+
+
+def lm_schedule(c, variant):
+  """The language-model pre-training schedule both MLM and CLM use: 3,000 AdamW steps."""
+  c.optimizer.lr = 5e-4
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.warmup_steps = 200
+  c.train.steps = 3000
+  c.train.eval_every_steps = 500
+  c.train.log_every = 50
+  c.checkpoint.best_metric = 'loss'
+  c.checkpoint.best_mode = 'min'
+  c.checkpoint.keep_best = 1
+  if variant == 'tiny':
+    c.optimizer.warmup_steps = 1
+    c.train.steps = 4
+    c.train.eval_every_steps = 4
+    c.train.log_every = 2
+  return c

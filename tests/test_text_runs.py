@@ -1,0 +1,58 @@
+"""Text runs from configs: BERT MLM pre-training, genre fine-tuning, GPT CLM (tiny variants)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxpretrain import checkpoint, cli, config as config_lib, loop
+from jaxpretrain.data import text, tokenizers
+from jaxpretrain.errors import JaxpretrainError
+
+
+@pytest.fixture(scope='module')
+def bert_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('bert')
+  assert cli.main(['pretrain', '--config', 'configs/shakespeare_bert_mlm.py:tiny',
+                   '--workdir', str(workdir), '--no-progress']) == 0
+  return workdir
+
+
+def test_mlm_pretraining_saves_its_tokenizer_and_sizes_the_model_to_it(bert_run):
+  tokenizer = tokenizers.load(bert_run)
+  assert {'pad', 'cls', 'sep', 'mask'} <= set(tokenizers.special_ids(tokenizer))
+  manifest = checkpoint.read_manifest(bert_run)
+  assert manifest['config']['model']['transformer']['vocab_size'] == tokenizer.get_vocab_size()
+  records = [json.loads(l) for l in (bert_run / 'metrics.jsonl').read_text().splitlines()]
+  validation = [r for r in records if r['split'] == 'validation']
+  assert validation and np.isfinite(validation[-1]['loss']) and validation[-1]['tokens'] > 0
+
+
+def test_genre_finetuning_starts_from_the_pretrained_encoder(bert_run, tmp_path):
+  config = config_lib.override(config_lib.load('configs/shakespeare_genre.py:tiny'), [
+      f'finetune.pretrained={bert_run}', f'data.tokenizer.path={bert_run}'])
+  summary = loop.train(config, tmp_path, kind='finetune', progress=False)
+  assert 0.0 <= summary['best_validation']['accuracy'] <= 1.0
+  assert not (tmp_path / 'tokenizer.json').exists()  # the pre-training run's is used
+  manifest = checkpoint.read_manifest(tmp_path)
+  assert manifest['finetune'][0] == {**manifest['finetune'][0], 'name': 'from_pretrained',
+                                     'source': str(bert_run)}
+  pre = checkpoint.restore_params(bert_run)['encoder']['layer_0']['attention']['query']['kernel']
+  start = checkpoint.restore_params(tmp_path)['encoder']['layer_0']['attention']['query']
+  assert pre.shape == start['kernel'].shape
+  result = loop.evaluate(config, tmp_path, split='test')
+  assert result['examples'] == len(text.genre_passages('test'))
+
+
+def test_gpt_clm_pretraining_runs_on_packed_plays(tmp_path):
+  summary = loop.train(config_lib.load('configs/shakespeare_gpt_clm.py:tiny'), tmp_path,
+                       progress=False)
+  assert np.isfinite(summary['best_validation']['loss'])
+  assert set(tokenizers.special_ids(tokenizers.load(tmp_path))) == {'eos'}
+
+
+def test_masked_lm_with_a_tokenizer_without_mask_token_is_a_clear_error(tmp_path):
+  config = config_lib.override(config_lib.load('configs/shakespeare_bert_mlm.py:tiny'),
+                               ['data.tokenizer.kind=bpe'])
+  with pytest.raises(JaxpretrainError, match='(mask|cls) token'):
+    loop.train(config, tmp_path, progress=False)
