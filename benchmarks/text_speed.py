@@ -1,0 +1,699 @@
+"""Training throughput of BERT-mini masked LM and GPT-mini causal LM: JAX against PyTorch eager.
+
+  python benchmarks/text_speed.py --rounds 2 --steps 20
+  python benchmarks/text_speed.py --profile
+  python benchmarks/text_speed.py --breakdown --steps 10
+
+Two workloads, fp32, AdamW, dropout 0.1 on embeddings, residual branches and
+attention probabilities, random token ids in batches without padding:
+
+  bert_mlm  4 layers, hidden 256, 4 heads, FFN 1024, vocabulary 30,522,
+            128 tokens, batch 32, 15% of the tokens predicted;
+  gpt_clm   the same blocks (pre-norm), vocabulary 8,192, 256 tokens, batch 16.
+
+JAX trains `BertForMaskedLM` / `GPTForCausalLM` with `objectives.masked_lm` /
+`causal_lm` through `make_train_step`, jitted with the state donated; the
+masked LM draws its masks inside the step and projects onto the vocabulary only
+at the masked positions. PyTorch trains Hugging Face's `BertForMaskedLM` /
+`GPT2LMHeadModel` of the same shapes in eager mode with `torch.optim.AdamW`;
+its masked batches (80/10/10, labels -100 elsewhere) are made before timing,
+and it projects every position onto the vocabulary, as that model does.
+
+Every measurement runs in a subprocess of its own, the frameworks taking turns
+(their order swaps each round), and so does a float32 matmul of 4096 x 4096
+by 4096 x 4096 in JAX, NumPy and PyTorch that gives the CPU's practical peak.
+PyTorch runs `--threads` intra-op threads (default: all cores); XLA:CPU uses
+all cores by default. Per framework and workload:
+
+- tokens/s, from the median of the timed steps, each run to completion
+  (`block_until_ready`; PyTorch eager is synchronous);
+- compile time: JAX's ahead-of-time `lower().compile()`;
+- peak memory: the process's peak RSS (`getrusage().ru_maxrss`) minus its RSS
+  once imports and data are done, so the model, optimizer state, compilation
+  and activations all count; once over the whole run, and once over the timed
+  steps alone (the peak restarted from the current RSS after warm-up);
+- useful FLOP/s, from the same count for both frameworks:
+
+    6 N + 12 n_layers d_model T     per token, for the blocks (N: their matmul
+                                    weights; the standard count of the attention
+                                    scores over the full T x T, causal or not),
+    + 6 (d_model^2 + d_model V)     per masked token (MLM head and vocabulary),
+    + 6 d_model V                   per token (CLM vocabulary);
+
+  PyTorch's projection of every position onto the vocabulary is not useful work.
+
+`--profile` instead shows where JAX's step spends its time, by kind of
+operation; `--breakdown` times variants of the JAX step (other PRNGs, cheaper
+dropout masks, no argmax in the accuracy metric, XLA flags) against the
+default. Each prints a Markdown table for BENCHMARKS.md.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+
+CLS, SEP, MASK = 101, 102, 103  # BERT's WordPiece ids; 0 is padding, 100 unknown.
+SPECIAL = (0, 100, CLS, SEP, MASK)
+LR, WEIGHT_DECAY = 1e-4, 0.01
+MATMUL = 4096
+
+
+class Workload(NamedTuple):
+  """The shape of one training run."""
+  title: str
+  masked: bool  # Masked LM (BERT, post-norm) or causal LM (GPT-2, pre-norm).
+  layers: int
+  hidden: int
+  heads: int
+  ffn: int
+  vocab: int
+  length: int
+  batch: int
+  rate: float = 0.15
+
+
+WORKLOADS = {
+    'bert_mlm': Workload('BERT-mini MLM', True, 4, 256, 4, 1024, 30522, 128, 32),
+    'gpt_clm': Workload('GPT-mini CLM', False, 4, 256, 4, 1024, 8192, 256, 16),
+}
+
+
+class Variant(NamedTuple):
+  """A change to the JAX run, for `--breakdown` to measure against the default."""
+  what: str
+  prng: str = 'threefry2x32'
+  partitionable: bool = True  # `jax_threefry_partitionable`, on by default since JAX 0.5.
+  dropout: float = 0.1
+  dropout_bits: int = 32  # Random bits per element for a dropout mask.
+  accuracy_by_max: bool = False
+  xla_flags: str = ''
+
+
+_YNN_DOTS = '--xla_cpu_experimental_ynn_fusion_type=dot'
+VARIANTS = {
+    'default': Variant('as shipped: threefry2x32 PRNG, XLA defaults'),
+    'no_dropout': Variant('no dropout at all (what dropout costs in all)', dropout=0.0),
+    'rbg': Variant("PRNG 'rbg'", prng='rbg'),
+    'unsafe_rbg': Variant("PRNG 'unsafe_rbg'", prng='unsafe_rbg'),
+    'threefry_unpartitioned': Variant('threefry with jax_threefry_partitionable=False',
+                                      partitionable=False),
+    'dropout_bits16': Variant('dropout masks from 16 random bits, threefry unpartitioned',
+                              partitionable=False, dropout_bits=16),
+    'accuracy_by_max': Variant('accuracy metric without argmax', accuracy_by_max=True),
+    'ynn_dots_only': Variant(f'XLA flag {_YNN_DOTS}', xla_flags=_YNN_DOTS),
+    'onednn': Variant('XLA flag --xla_cpu_use_onednn=true', xla_flags='--xla_cpu_use_onednn=true'),
+    'combined': Variant('16-bit dropout masks and accuracy without argmax', partitionable=False,
+                        dropout_bits=16, accuracy_by_max=True),
+}
+
+
+def masked_per_row(w: Workload) -> int:
+  """Predicted tokens per row: `rate` of the tokens between [CLS] and [SEP], rounded."""
+  return round(w.rate * (w.length - 2))
+
+
+def useful_flops(w: Workload) -> float:
+  """Training FLOPs of one step by the formula of the module docstring."""
+  tokens = w.batch * w.length
+  n = w.layers * (4 * w.hidden ** 2 + 2 * w.hidden * w.ffn)
+  blocks = tokens * (6 * n + 12 * w.layers * w.hidden * w.length)
+  if w.masked:
+    return blocks + 6 * w.batch * masked_per_row(w) * (w.hidden ** 2 + w.hidden * w.vocab)
+  return blocks + 6 * tokens * w.hidden * w.vocab
+
+
+def _rss_mb() -> float:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB.
+
+
+def _reset_peak_rss() -> None:
+  """Restarts the peak RSS (Linux's VmHWM, which `ru_maxrss` reads) from the current RSS."""
+  with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')
+
+
+def _memory(baseline: float, peak_before_reset: float) -> dict[str, float]:
+  """Peak RSS over the whole run and over the timed steps alone, both above `baseline`."""
+  return dict(peak_mb=max(peak_before_reset, _peak_rss_mb()) - baseline,
+              train_peak_mb=_peak_rss_mb() - baseline)
+
+
+def _token_ids(w: Workload, rng: np.random.Generator) -> np.ndarray:
+  """A batch of random ordinary ids; BERT rows start with [CLS] and end with [SEP]."""
+  ids = rng.integers(1000, w.vocab, (w.batch, w.length), dtype=np.int64)
+  if w.masked:
+    ids[:, 0], ids[:, -1] = CLS, SEP
+  return ids
+
+
+def _mask_for_torch(ids: np.ndarray, w: Workload, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """BERT's 80/10/10 masking of `masked_per_row` tokens per row; labels -100 elsewhere."""
+  inputs, labels = ids.copy(), np.full_like(ids, -100)
+  for row in range(w.batch):
+    picked = 1 + rng.permutation(w.length - 2)[:masked_per_row(w)]
+    labels[row, picked] = ids[row, picked]
+    kind = rng.random(picked.size)
+    inputs[row, picked[kind < 0.8]] = MASK
+    swapped = picked[(kind >= 0.8) & (kind < 0.9)]
+    inputs[row, swapped] = rng.integers(1000, w.vocab, swapped.size)
+  return inputs, labels
+
+
+def _timed(step: Any, count: int) -> list[float]:
+  """Seconds each of `count` calls `step(i)` took."""
+  times = []
+  for i in range(count):
+    start = time.perf_counter()
+    step(i)
+    times.append(time.perf_counter() - start)
+  return times
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX
+
+
+def jax_batches(w: Workload, seed: int = 0) -> list[dict[str, Any]]:
+  """Four batches of the workload on the device, as a tokenizer gives them."""
+  import jax
+  rng = np.random.default_rng(seed)
+  batches = []
+  for _ in range(4):
+    batch = {'input_ids': _token_ids(w, rng).astype(np.int32),
+             'attention_mask': np.ones((w.batch, w.length), np.int32)}
+    if w.masked:
+      batch['token_type_ids'] = np.zeros((w.batch, w.length), np.int32)
+    batches.append(jax.device_put(batch))
+  return batches
+
+
+def jax_model(w: Workload, *, dropout: float = 0.1) -> tuple[Any, Any]:
+  """The jaxpretrain model and objective of a workload."""
+  from jaxpretrain import models, objectives
+  if w.masked:
+    # Hugging Face's BertForMaskedLM has no pooler.
+    cfg = dataclasses.replace(models.PRESETS['bert_mini'], vocab_size=w.vocab,
+                              num_layers=w.layers, hidden_size=w.hidden, num_heads=w.heads,
+                              intermediate_size=w.ffn, pooler=False, dropout=dropout,
+                              attention_dropout=dropout)
+    return models.BertForMaskedLM(cfg), objectives.masked_lm(
+        mask_id=MASK, vocab_size=w.vocab, special_ids=SPECIAL, rate=w.rate)
+  cfg = dataclasses.replace(models.PRESETS['gpt2_mini'], vocab_size=w.vocab,
+                            num_layers=w.layers, hidden_size=w.hidden, num_heads=w.heads,
+                            intermediate_size=w.ffn, max_position_embeddings=w.length,
+                            pad_token_id=0, dropout=dropout, attention_dropout=dropout)
+  return models.GPTForCausalLM(cfg), objectives.causal_lm()
+
+
+def jax_state(model: Any, batch: dict[str, Any], seed: int = 0) -> Any:
+  """A fresh train state with the benchmark's AdamW."""
+  import jax
+  import optax
+  from jaxpretrain import finetune
+  return finetune.create_state(model, finetune.identity(),
+                               tx=optax.adamw(LR, weight_decay=WEIGHT_DECAY),
+                               rng=jax.random.PRNGKey(seed), example_batch=batch)
+
+
+def _patch_accuracy_by_max() -> None:
+  """Makes the token objectives count a hit when the target's logit is the largest.
+
+  Their `accuracy` metric takes an argmax over the (B, N, V) logits, a variadic
+  reduction that XLA:CPU runs slowly; the maximum alone is already computed by
+  the log-softmax. Ties count as hits.
+  """
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from jaxpretrain.objectives import language
+
+  def predict(task, apply_fn, params, batch, rng, *, model_state, train):  # As `_predict`.
+    prep_rng, model_rng = jax.random.split(rng)
+    inputs, targets_BxN, weights_BxN = task.prepare(batch, prep_rng)
+    outputs, metrics = language.call_model(apply_fn, params, inputs, model_rng,
+                                           model_state=model_state, train=train)
+    logits_BxNxV = outputs['logits'].astype(jnp.float32)
+    nll = language._weighted(
+        optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV, targets_BxN), weights_BxN)
+    target_BxN = jnp.take_along_axis(logits_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
+    correct_BxN = (target_BxN >= jnp.max(logits_BxNxV, axis=-1)).astype(jnp.float32)
+    metrics = {**metrics, 'accuracy': language._weighted(correct_BxN, weights_BxN),
+               'tokens': jnp.sum(weights_BxN)}
+    return inputs, logits_BxNxV, weights_BxN, nll, metrics
+
+  language._predict = predict
+
+
+def _patch_dropout_bits(bits: int) -> None:
+  """Makes Flax's `Dropout` draw each mask element from `bits` random bits, not a float.
+
+  Unpartitioned threefry hashes one counter for every 64 random bits, so 16-bit
+  draws hash 4 times fewer counters than `bernoulli`'s 32-bit floats (the
+  partitionable threefry hashes one per element whatever the width). The keep
+  probability is rounded to a multiple of 2^-bits (0.9 stays within 1e-5).
+  """
+  import jax
+  import jax.numpy as jnp
+  from flax.linen import stochastic
+
+  class Random:
+    @staticmethod
+    def bernoulli(key: jax.Array, p: float, shape: Any) -> jax.Array:
+      dtype = jnp.dtype(f'uint{bits}')
+      return jax.random.bits(key, tuple(shape), dtype) < jnp.asarray(round(p * 2 ** bits), dtype)
+
+  stochastic.random = Random  # The module's only use of `jax.random` is Dropout's mask.
+
+
+def _op_kinds(hlo: str, vocab: int) -> dict[str, str]:
+  """What each instruction of an optimised HLO module does, in the terms of the profile table.
+
+  Judged by the operations inside it, its shape and the source it came from (the
+  Flax module path in its `op_name`).
+  """
+  bodies, current = {}, None
+  for line in hlo.splitlines():
+    if line.rstrip().endswith('{') and not line.startswith(' '):
+      current = line.split()[1 if line.startswith('ENTRY') else 0].lstrip('%')
+      bodies[current] = []
+    elif current and line.startswith(' '):
+      bodies[current].append(line)
+  kinds = {}
+  for line in (l for body in bodies.values() for l in body):
+    name, _, rest = line.strip().removeprefix('ROOT ').partition(' = ')
+    rest = re.sub(r'\{[0-9,]*\}', '', rest)  # Layouts, whose commas would count as dimensions.
+    shape = rest[:rest.index(')') + 1] if rest.startswith('(') else rest.split(' ')[0]
+    source = (re.findall(r'op_name="([^"]*)"', rest) or [''])[0]
+    called = re.findall(r'calls=%([\w.\-]+)', rest)
+    body = ' '.join(bodies.get(called[0], [])) if called else rest
+    op = lambda *names: any(f' {n}(' in f' {body}' for n in names)
+    if not called and op('while', 'call', 'conditional'):
+      continue  # Containers: what they run has events of its own.
+    if op('dot', 'convolution'):
+      kind = ('matmuls: vocabulary projection' if str(vocab) in rest + body else
+              'matmuls: attention scores and values' if '->' in source else
+              'matmuls: dense layers')
+    elif 'ropout' in source or op('xor', 'shift-right-logical', 'rng-bit-generator'):
+      kind = 'dropout: random bits and masks; masking for MLM'
+    elif shape.startswith('(') and 's32' in shape and op('reduce'):
+      kind = 'argmax (accuracy metric)'
+    elif str(vocab) in shape:
+      kind = 'vocabulary-sized: softmax, cross-entropy, embedding and bias gradients'
+    elif 'norm' in source:
+      kind = 'LayerNorm'
+    elif '/mlp/' in source:
+      kind = 'GELU'
+    elif '/attention/' in source:
+      kind = 'attention: mask, softmax, transposes'
+    elif 'jvp' not in source:
+      kind = 'AdamW, gradient norm'
+    else:
+      kind = 'other: embeddings, residual sums, ...'
+    kinds[name.lstrip('%')] = kind
+  return kinds
+
+
+def _profile(run: Any, steps: int, kinds: dict[str, str]) -> dict[str, float]:
+  """Seconds per step by kind of operation, from a `jax.profiler` trace of `steps` steps."""
+  import glob
+  import tempfile
+  import jax
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir)
+    start = time.perf_counter()
+    for i in range(steps):
+      run(i)
+    wall = time.perf_counter() - start
+    jax.profiler.stop_trace()
+    trace = jax.profiler.ProfileData.from_file(
+        glob.glob(f'{trace_dir}/**/*.xplane.pb', recursive=True)[0])
+    seconds = {'step (wall time)': wall / steps}
+    for plane in trace.planes:
+      for line in plane.lines:
+        if 'XLA' not in line.name:
+          continue
+        for event in line.events:
+          if event.name.startswith(('ThunkExecutor', 'SlinkyThreadPool')):
+            continue  # Spans over the operations, not operations.
+          kind = kinds.get(event.name, 'other: embeddings, residual sums, ...')
+          seconds[kind] = seconds.get(kind, 0.0) + event.duration_ns / 1e9 / steps
+  return seconds
+
+
+def _jax_program(w: Workload, variant: Variant, batch: dict[str, Any]) -> tuple[Any, Any, float]:
+  """The variant's compiled step, its initial state, and the seconds compilation took.
+
+  The variant's PRNG settings and patches are in force only while the step is
+  traced, so that programs of several variants can share a process.
+  """
+  import jax
+  from flax.linen import stochastic
+  from jaxpretrain.objectives import language
+  from jaxpretrain.step import make_train_step
+
+  def configure(v: Variant) -> None:
+    jax.config.update('jax_default_prng_impl', v.prng)
+    jax.config.update('jax_threefry_partitionable', v.partitionable)
+
+  originals = language._predict, stochastic.random
+  configure(variant)
+  if variant.accuracy_by_max:
+    _patch_accuracy_by_max()
+  if variant.dropout_bits != 32:
+    _patch_dropout_bits(variant.dropout_bits)
+  try:
+    model, objective = jax_model(w, dropout=variant.dropout)
+    state = jax_state(model, batch)
+    start = time.perf_counter()
+    compiled = jax.jit(make_train_step(objective), donate_argnums=0).lower(state, batch).compile()
+    return compiled, state, time.perf_counter() - start
+  finally:
+    configure(VARIANTS['default'])
+    language._predict, stochastic.random = originals
+
+
+def jax_worker(w: Workload, steps: int, warmup: int, variant: Variant = VARIANTS['default'], *,
+               paired: bool = False, profile: bool = False) -> dict[str, Any]:
+  """Trains `steps` timed steps after `warmup` ones; returns the measurements.
+
+  With `paired`, the default program trains alongside in the same process, the
+  two taking turns step by step, so that both see the same machine.
+  """
+  if variant.xla_flags:
+    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {variant.xla_flags}"
+  import jax
+
+  batches = jax_batches(w)
+  baseline = _rss_mb()
+  programs = [_jax_program(w, v, batches[0])
+              for v in ([variant, VARIANTS['default']] if paired else [variant])]
+  states = [state for _, state, _ in programs]
+  losses = [[] for _ in programs]
+  times = [[] for _ in programs]
+
+  def step(k: int, i: int) -> None:
+    states[k], metrics = programs[k][0](states[k], batches[i % len(batches)])
+    losses[k].append(jax.block_until_ready((states[k], metrics))[1]['loss'])
+
+  def run(count: int, record: bool) -> None:
+    for i in range(count):
+      for k in range(len(programs)):
+        start = time.perf_counter()
+        step(k, i)
+        if record:
+          times[k].append(time.perf_counter() - start)
+
+  run(warmup, record=False)
+  peak = _peak_rss_mb()
+  _reset_peak_rss()
+  run(steps, record=True)
+  memory = _memory(baseline, peak)
+  compiled = programs[0][0]
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  result = dict(times=times[0], compile_s=programs[0][2], **memory,
+                xla_temp_mb=[p.memory_analysis().temp_size_in_bytes / 2 ** 20
+                             for p, _, _ in programs],
+                params=sum(x.size for x in jax.tree.leaves(states[0].params)),
+                losses=[float(losses[0][0]), float(losses[0][-1])],
+                xla_flops=float(cost.get('flops', 0.0)),
+                threads=f'XLA:CPU, {os.cpu_count()} cores, PRNG {variant.prng}')
+  if paired:
+    result['default_times'] = times[1]
+  if profile:
+    result['profile'] = _profile(lambda i: step(0, i), 3, _op_kinds(compiled.as_text(), w.vocab))
+  return result
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch
+
+
+def torch_worker(w: Workload, steps: int, warmup: int, threads: int) -> dict[str, Any]:
+  """Hugging Face's model of the same shape, trained eagerly; returns the measurements."""
+  import torch
+  import transformers
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  rng = np.random.default_rng(0)
+  batches = []
+  for _ in range(4):
+    ids = _token_ids(w, rng)
+    inputs, labels = _mask_for_torch(ids, w, rng) if w.masked else (ids, ids)
+    batch = {'input_ids': torch.from_numpy(inputs), 'labels': torch.from_numpy(labels),
+             'attention_mask': torch.ones(w.batch, w.length, dtype=torch.int64)}
+    if w.masked:
+      batch['token_type_ids'] = torch.zeros(w.batch, w.length, dtype=torch.int64)
+    batches.append(batch)
+  baseline = _rss_mb()
+  if w.masked:
+    config = transformers.BertConfig(
+        vocab_size=w.vocab, hidden_size=w.hidden, num_hidden_layers=w.layers,
+        num_attention_heads=w.heads, intermediate_size=w.ffn, hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1)
+    model = transformers.BertForMaskedLM(config)
+  else:
+    config = transformers.GPT2Config(
+        vocab_size=w.vocab, n_positions=w.length, n_embd=w.hidden, n_layer=w.layers,
+        n_head=w.heads, n_inner=w.ffn, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    model = transformers.GPT2LMHeadModel(config)
+  model.train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+  losses = []
+
+  def step(i: int) -> None:
+    loss = model(**batches[i % len(batches)]).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    losses.append(loss.item())
+
+  _timed(step, warmup)
+  peak = _peak_rss_mb()
+  _reset_peak_rss()
+  times = _timed(step, steps)
+  return dict(times=times, compile_s=None, **_memory(baseline, peak),
+              params=sum(p.numel() for p in model.parameters()), losses=[losses[0], losses[-1]],
+              threads=f'{torch.get_num_threads()} intra-op threads, '
+                      f'attention {model.config._attn_implementation}')
+
+
+# ---------------------------------------------------------------------------------------------
+# Matmul peak
+
+
+def matmul_worker(library: str, repeats: int) -> dict[str, Any]:
+  """Seconds per float32 MATMUL^3 matmul, `repeats` times after one warm-up."""
+  rng = np.random.default_rng(0)
+  a, b = (rng.standard_normal((MATMUL, MATMUL), np.float32) for _ in range(2))
+  if library == 'jax':
+    import jax
+    matmul = jax.jit(lambda x, y: x @ y)
+    a, b = jax.device_put(a), jax.device_put(b)
+    run = lambda _: matmul(a, b).block_until_ready()
+  elif library == 'torch':
+    import torch
+    torch.set_num_threads(os.cpu_count())
+    a, b = torch.from_numpy(a), torch.from_numpy(b)
+    run = lambda _: torch.mm(a, b)
+  else:
+    run = lambda _: a @ b
+  _timed(run, 1)
+  return dict(times=_timed(run, repeats))
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def _spawn(args: list[str]) -> dict[str, Any]:
+  """Runs this script as a worker in a fresh process; returns its JSON result."""
+  out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True,
+                       text=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _median_step(results: list[dict[str, Any]]) -> float:
+  return statistics.median([t for r in results for t in r['times']])
+
+
+def measure(names: list[str], rounds: int, steps: int, warmup: int, threads: int
+            ) -> tuple[dict, dict]:
+  """All runs, frameworks alternating; returns the runs and the matmul timings."""
+  runs = {(f, n): [] for n in names for f in ('jax', 'torch')}
+  matmuls = {lib: [] for lib in ('jax', 'numpy', 'torch')}
+  for r in range(rounds):
+    for lib in matmuls:
+      matmuls[lib].append(_spawn(['--worker', 'matmul', '--library', lib]))
+    for name in names:
+      for framework in (('jax', 'torch') if r % 2 == 0 else ('torch', 'jax')):
+        result = _spawn(['--worker', framework, '--workload', name, '--steps', str(steps),
+                         '--warmup', str(warmup), '--threads', str(threads)])
+        print(f'round {r}, {framework}, {name}: median step '
+              f'{statistics.median(result["times"]):.3f} s', file=sys.stderr)
+        runs[(framework, name)].append(result)
+  return runs, matmuls
+
+
+def table(runs: dict, matmuls: dict, names: list[str]) -> str:
+  """The Markdown table of the runs against the matmul peak."""
+  peaks = {lib: 2 * MATMUL ** 3 / _median_step(ms) for lib, ms in matmuls.items()}
+  peak = peaks['jax']
+  lines = ['| framework | workload | tokens/s | speed-up vs PyTorch | compile | '
+           'peak memory: run (timed steps) | useful GFLOP/s | % of matmul peak: JAX (best) | '
+           'loss: first, last step |',
+           '|---|---|---|---|---|---|---|---|---|']
+  notes = []
+  for name in names:
+    w = WORKLOADS[name]
+    speed = {}
+    for framework in ('torch', 'jax'):
+      results = runs[(framework, name)]
+      step_s = _median_step(results)
+      speed[framework] = w.batch * w.length / step_s
+      compile_s = [r['compile_s'] for r in results]
+      compile_cell = ('n/a' if compile_s[0] is None
+                      else f'{statistics.median(compile_s):.1f} s')
+      flops = useful_flops(w) / step_s
+      label = {'jax': 'JAX (jaxpretrain)', 'torch': 'PyTorch eager (HF)'}[framework]
+      lines.append(
+          f"| {label} | {w.title} | {speed[framework]:,.0f} | "
+          f"{speed[framework] / speed['torch']:.2f}× | {compile_cell} | "
+          f"{max(r['peak_mb'] for r in results):,.0f} MB "
+          f"({max(r['train_peak_mb'] for r in results):,.0f} MB) | {flops / 1e9:.1f} | "
+          f"{100 * flops / peak:.0f}% ({100 * flops / max(peaks.values()):.0f}%) | "
+          f"{results[0]['losses'][0]:.2f}, {results[0]['losses'][1]:.2f} |")
+      notes.append(f'{label}, {w.title}: {results[0]["params"]:,} parameters, '
+                   f'{results[0]["threads"]}, {len(results)} run(s) of '
+                   f'{len(results[0]["times"])} timed steps, median step {step_s:.3f} s'
+                   + (f'; XLA counts {results[0]["xla_flops"] / 1e9:.0f} GFLOP per step and '
+                      f'{results[0]["xla_temp_mb"][0]:.0f} MB of temporary buffers'
+                      if framework == 'jax' else ''))
+  lines += ['', 'Useful GFLOP per step: '
+            + ', '.join(f'{WORKLOADS[n].title} {useful_flops(WORKLOADS[n]) / 1e9:.1f}'
+                        for n in names) + '.',
+            'Matmul peak, float32 4096³ (median of '
+            f"{sum(len(m['times']) for m in matmuls['jax'])}): "
+            + ', '.join(f'{lib} {p / 1e9:.0f} GFLOP/s' for lib, p in peaks.items())
+            + '.',
+            f'Machine: {platform.machine()}, {os.cpu_count()} cores.', '',
+            *[f'- {n}' for n in notes]]
+  return '\n'.join(lines)
+
+
+def breakdown(names: list[str], variants: list[str], rounds: int, steps: int,
+              warmup: int) -> str:
+  """JAX's step under each variant against the default; a Markdown table.
+
+  A variant without XLA flags trains in the same process as the default, the
+  two taking turns step by step; flags hold for a whole process, so a variant
+  with flags and the default take turns in separate processes.
+  """
+  lines = ['| workload | JAX variant | step: default → variant | speed-up | '
+           'XLA temporary buffers: default → variant | loss: first, last step | compared |',
+           '|---|---|---|---|---|---|---|']
+  for name in names:
+    w = WORKLOADS[name]
+    for v in variants:
+      variant, ours, theirs = VARIANTS[v], [], []
+      for r in range(rounds):
+        args = ['--worker', 'jax', '--workload', name, '--steps', str(steps), '--warmup',
+                str(warmup)]
+        if variant.xla_flags:
+          pair = [['--variant', 'default'], ['--variant', v]][::1 if r % 2 == 0 else -1]
+          for extra in pair:
+            (ours if extra[1] == v else theirs).append(_spawn(args + extra))
+        else:
+          ours.append(_spawn(args + ['--variant', v, '--paired']))
+          theirs.append(dict(times=ours[-1]['default_times'],
+                             xla_temp_mb=ours[-1]['xla_temp_mb'][1:]))
+      default_s, variant_s = _median_step(theirs), _median_step(ours)
+      print(f'{name}, {v}: {default_s:.3f} s -> {variant_s:.3f} s', file=sys.stderr)
+      lines.append(
+          f'| {w.title} | {variant.what} | {1000 * default_s:.0f} → {1000 * variant_s:.0f} ms | '
+          f'{default_s / variant_s:.2f}× | '
+          f"{theirs[0]['xla_temp_mb'][0]:.0f} → {ours[0]['xla_temp_mb'][0]:.0f} MB | "
+          f"{ours[0]['losses'][0]:.2f}, {ours[0]['losses'][1]:.2f} | "
+          f"{'separate processes' if variant.xla_flags else 'same process'} |")
+  lines += ['', f'Each row: {rounds} run(s) of {steps} timed steps of each program, medians.']
+  return '\n'.join(lines)
+
+
+def profile(names: list[str], steps: int, warmup: int) -> str:
+  """Where JAX's default step spends its time, by kind of operation; a Markdown table."""
+  results = {n: _spawn(['--worker', 'jax', '--workload', n, '--profile', '--steps',
+                        str(steps), '--warmup', str(warmup)])['profile'] for n in names}
+  kinds = sorted({k for r in results.values() for k in r},
+                 key=lambda k: -max(r.get(k, 0.0) for r in results.values()))
+  lines = ['| operations | ' + ' | '.join(WORKLOADS[n].title for n in names) + ' |',
+           '|---|' + '---|' * len(names)]
+  for kind in kinds:
+    cells = []
+    for n in names:
+      t, wall = results[n].get(kind, 0.0), results[n]['step (wall time)']
+      cells.append(f'{1000 * t:.0f} ms' + ('' if t == wall else f' ({100 * t / wall:.0f}%)'))
+    lines.append(f'| {kind} | ' + ' | '.join(cells) + ' |')
+  lines += ['', 'Time per step inside XLA operations, summed over the threads that ran them '
+            '(a `jax.profiler` trace of 3 steps), against the traced wall time of a step.']
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workloads', nargs='+', default=list(WORKLOADS), choices=list(WORKLOADS))
+  parser.add_argument('--rounds', type=int, default=2,
+                      help='measurements of each framework (or variant), in alternating order')
+  parser.add_argument('--steps', type=int, default=20, help='timed steps per measurement')
+  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--threads', type=int, default=os.cpu_count(), help='PyTorch threads')
+  parser.add_argument('--breakdown', nargs='*', choices=list(VARIANTS), metavar='VARIANT',
+                      help='time JAX variants instead (default: all of ' +
+                      ', '.join(VARIANTS) + ')')
+  parser.add_argument('--profile', action='store_true',
+                      help="profile JAX's step by kind of operation instead")
+  parser.add_argument('--worker', choices=['jax', 'torch', 'matmul'], help=argparse.SUPPRESS)
+  parser.add_argument('--workload', choices=list(WORKLOADS), help=argparse.SUPPRESS)
+  parser.add_argument('--library', choices=['jax', 'numpy', 'torch'], help=argparse.SUPPRESS)
+  parser.add_argument('--variant', choices=list(VARIANTS), default='default',
+                      help=argparse.SUPPRESS)
+  parser.add_argument('--paired', action='store_true', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker == 'matmul':
+    print(json.dumps(matmul_worker(args.library, repeats=5)))
+  elif args.worker == 'jax':
+    print(json.dumps(jax_worker(WORKLOADS[args.workload], args.steps, args.warmup,
+                                VARIANTS[args.variant], paired=args.paired,
+                                profile=args.profile)))
+  elif args.worker == 'torch':
+    print(json.dumps(torch_worker(WORKLOADS[args.workload], args.steps, args.warmup,
+                                  args.threads)))
+  elif args.breakdown is not None:
+    variants = [v for v in args.breakdown or VARIANTS if v != 'default']
+    print(breakdown(args.workloads, variants, args.rounds, args.steps, args.warmup))
+  elif args.profile:
+    print(profile(args.workloads, args.steps, args.warmup))
+  else:
+    runs, matmuls = measure(args.workloads, args.rounds, args.steps, args.warmup, args.threads)
+    print(table(runs, matmuls, args.workloads))
+
+
+if __name__ == '__main__':
+  main()
