@@ -27,10 +27,14 @@ def example_weights(batch: Batch) -> jax.Array:
   return jnp.ones((n,), jnp.float32) if mask is None else mask.astype(jnp.float32)
 
 
+def mean_over(values: jax.Array, weights: jax.Array) -> jax.Array:
+  """`sum(values * weights) / sum(weights)`, and 0 when nothing weighs."""
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 def weighted_mean(values_B: jax.Array, batch: Batch) -> jax.Array:
   """Mean of per-example values in which padded examples weigh zero."""
-  w_B = example_weights(batch)
-  return jnp.sum(values_B * w_B) / jnp.maximum(jnp.sum(w_B), 1.0)
+  return mean_over(values_B, example_weights(batch))
 
 
 def call_model(apply_fn: ApplyFn, params: Any, inputs: Any, rng: jax.Array, *,

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxpretrain.objectives.common import Batch, Objective, call_model, example_weights
+from jaxpretrain.objectives.common import (Batch, Objective, call_model, example_weights,
+                                           mean_over)
 from jaxpretrain.state import ApplyFn
 
 TEACHER = 'teacher'  # Key of a frozen teacher's parameters in the parameter tree.
@@ -27,10 +28,6 @@ class TokenTask(NamedTuple):
       model's `logits` must come out as `(B, N, V)` for these inputs.
   """
   prepare: Callable[[Batch, jax.Array], tuple[Batch, jax.Array, jax.Array]]
-
-
-def _weighted(values_BxN: jax.Array, weights_BxN: jax.Array) -> jax.Array:
-  return jnp.sum(values_BxN * weights_BxN) / jnp.maximum(jnp.sum(weights_BxN), 1.0)
 
 
 def select_for_masking(rng: jax.Array, eligible_BxL: jax.Array, *, rate: float,
@@ -135,10 +132,10 @@ def _predict(task: TokenTask, apply_fn: ApplyFn, params: Any, batch: Batch, rng:
   outputs, metrics = call_model(apply_fn, params, inputs, model_rng, model_state=model_state,
                                 train=train)
   logits_BxNxV = outputs['logits'].astype(jnp.float32)
-  nll = _weighted(optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV, targets_BxN),
+  nll = mean_over(optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV, targets_BxN),
                   weights_BxN)
   correct_BxN = (jnp.argmax(logits_BxNxV, -1) == targets_BxN).astype(jnp.float32)
-  metrics = {**metrics, 'accuracy': _weighted(correct_BxN, weights_BxN),
+  metrics = {**metrics, 'accuracy': mean_over(correct_BxN, weights_BxN),
              'tokens': jnp.sum(weights_BxN)}
   return inputs, logits_BxNxV, weights_BxN, nll, metrics
 
@@ -209,7 +206,7 @@ def distillation(task: TokenTask, teacher_apply_fn: ApplyFn, *, temperature: flo
         task, apply_fn, student_params, batch, rng, model_state=model_state, train=train)
     teacher = teacher_apply_fn({'params': jax.lax.stop_gradient(teacher_params)}, inputs,
                                train=False)
-    soft = _weighted(soft_cross_entropy(logits_BxNxV, teacher['logits'], temperature),
+    soft = mean_over(soft_cross_entropy(logits_BxNxV, teacher['logits'], temperature),
                      weights_BxN)
     loss = alpha * soft + (1.0 - alpha) * hard
     return loss, {**metrics, 'loss': loss, 'soft_loss': soft, 'hard_loss': hard}
