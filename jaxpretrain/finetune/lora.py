@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.errors import CheckpointMismatchError, ConfigError
 from jaxpretrain.finetune.base import Params, Transform, chain, make_transform
+from jaxpretrain.finetune.masks import trainable_where
 from jaxpretrain.finetune.surgery import path_key, from_pretrained
 
 ADAPTERS = 'lora'  # Top-level key of the adapters in the parameter tree.
@@ -118,10 +119,8 @@ def lora(rank: int, alpha: float | None = None, *, targets: str = r'.*kernel',
       adapters[path + '/b'] = jnp.zeros(b_shape, kernel.dtype)
     return {**params, ADAPTERS: tree_lib.unflatten(adapters)}
 
-  def trainable(params):
-    return tree_lib.unflatten({
-        p: p.startswith(ADAPTERS + '/') or bool(head and re.fullmatch(head, p))
-        for p in tree_lib.flatten(params)})
+  trainable = trainable_where([(ADAPTERS + '/.*', True)] + ([(head, True)] if head else [])
+                              + [('.*', False)], 'lora')
 
   def wrap_apply(apply_fn):
     def apply(variables, batch, *, train=False, rngs=None):

@@ -1,7 +1,6 @@
 """Which parameters train: freezing by regex rules, probes, BitFit, gradual unfreezing."""
 
 from collections.abc import Sequence
-import re
 from typing import Any, NamedTuple
 
 import jax
@@ -19,7 +18,7 @@ def _rules(pattern: str | Sequence[tuple[str, bool]], value: bool) -> list[tuple
   return list(pattern)
 
 
-def _trainable_where(rules: Sequence[tuple[str, bool]], name: str):
+def trainable_where(rules: Sequence[tuple[str, bool]], name: str):
   """A `trainable` function from `(regex, trains?)` rules."""
 
   def trainable(params):
@@ -37,14 +36,14 @@ def freeze(pattern: str | Sequence[tuple[str, bool]]) -> Transform:
       parameter, the first match winning.
   """
   rules = _rules(pattern, True)
-  return make_transform('freeze', trainable=_trainable_where(
+  return make_transform('freeze', trainable=trainable_where(
       [(r, not frozen) for r, frozen in rules], 'freeze rules'),
                         rules=[list(r) for r in rules])
 
 
 def linear_probe(head: str = 'head/.*') -> Transform:
   """Trains the head only: everything else is frozen."""
-  return make_transform('linear_probe', trainable=_trainable_where(
+  return make_transform('linear_probe', trainable=trainable_where(
       [(head, True), ('.*', False)], 'linear_probe'), head=head)
 
 
@@ -55,7 +54,7 @@ def bitfit(head: str | None = 'head/.*') -> Transform:
     head: parameters that train whole besides the biases; None for biases only.
   """
   rules = ([(head, True)] if head else []) + [('(.*/)?bias', True), ('.*', False)]
-  return make_transform('bitfit', trainable=_trainable_where(rules, 'bitfit'), head=head)
+  return make_transform('bitfit', trainable=trainable_where(rules, 'bitfit'), head=head)
 
 
 class GateState(NamedTuple):
@@ -105,14 +104,12 @@ def unfreeze_schedule(schedule: Sequence[tuple[int, str]]) -> Transform:
   if any(step < 0 for step, _ in schedule) or not schedule:
     raise ConfigError(f'unfreeze_schedule needs (step >= 0, regex) entries, got {schedule}')
 
-  def group_of(path: str) -> int | None:
-    return next((i for i, (_, p) in enumerate(schedule) if re.fullmatch(p, path)), None)
-
-  def trainable(params):
-    return tree_lib.unflatten({p: group_of(p) is not None for p in tree_lib.flatten(params)})
+  trainable = trainable_where([(p, True) for _, p in schedule] + [('.*', False)],
+                              'unfreeze_schedule')
 
   def wrap_tx(tx, params):
-    labels = tree_lib.unflatten({p: str(group_of(p)) for p in tree_lib.flatten(params)})
+    labels = tree_lib.unflatten(tree_lib.match_rules(
+        params, [(p, str(i)) for i, (_, p) in enumerate(schedule)], name='unfreeze_schedule'))
     groups = {str(i): tx if step == 0 else _starting_at(tx, step)
               for i, (step, _) in enumerate(schedule)}
     return optax.multi_transform(groups, labels)

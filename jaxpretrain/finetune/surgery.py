@@ -15,6 +15,7 @@ import numpy as np
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.errors import CheckpointMismatchError
 from jaxpretrain.finetune.base import Params, Transform, make_transform
+from jaxpretrain.finetune.masks import trainable_where
 from jaxpretrain.finetune.reshape import Adapter, adapter
 
 Source = str | Mapping[str, Any] | Callable[[], Mapping[str, Any]]
@@ -112,6 +113,28 @@ def graft(params: Params, pretrained: Mapping[str, Any], *, select: str = '.*',
   return tree_lib.unflatten(flat), report
 
 
+def read_source(source: Source, step: int | str | None = None) -> Mapping[str, Any]:
+  """The parameter tree a source names.
+
+  Args:
+    source: a run's work directory (its checkpoint at `step`), a Hugging Face
+      model directory (a `config.json` and no `checkpoints/`), a parameter tree,
+      or a function returning one.
+    step: checkpoint step of a work directory: an int, 'best' or 'latest'.
+  """
+  from jaxpretrain import checkpoint, convert  # Imported here: only needed for paths.
+  if isinstance(source, str) and convert.is_hf_directory(source):
+    return convert.hf_params(source)
+  if isinstance(source, str):
+    return checkpoint.restore_params(source, step=step)
+  return source() if callable(source) else source
+
+
+def _source_spec(source: Source) -> str:
+  """A source as the manifest names it: its path, or `<params>` for a tree or function."""
+  return source if isinstance(source, str) else '<params>'
+
+
 def from_pretrained(source: Source, *, select: str = '.*',
                     rename: Sequence[tuple[str, str]] = (), strict: bool = False,
                     step: int | str | None = None, reshape: Sequence[ReshapeRule] = ()
@@ -130,22 +153,14 @@ def from_pretrained(source: Source, *, select: str = '.*',
     reshape: shape adapters by regex, e.g. `[('.*pos_embedding',
       'interpolate_positions', {'prefix_tokens': 1, 'grid': True})]`.
   """
-  from jaxpretrain import checkpoint, convert  # Imported here: only needed for paths.
 
   def init(params, rng):
-    if isinstance(source, str) and convert.is_hf_directory(source):
-      pretrained = convert.hf_params(source)
-    elif isinstance(source, str):
-      pretrained = checkpoint.restore_params(source, step=step)
-    else:
-      pretrained = source() if callable(source) else source
-    params, report = graft(params, pretrained, select=select, rename=rename, strict=strict,
-                           reshape=reshape)
+    params, report = graft(params, read_source(source, step), select=select, rename=rename,
+                           strict=strict, reshape=reshape)
     logging.info('from_pretrained: %s', report)
     return params
 
-  return make_transform('from_pretrained', init=init,
-                        source=source if isinstance(source, str) else '<params>',
+  return make_transform('from_pretrained', init=init, source=_source_spec(source),
                         select=select, rename=[list(r) for r in rename], strict=strict,
                         step=step, reshape=[_rule_spec(r) for r in reshape])
 
@@ -212,23 +227,17 @@ def with_teacher(source: Source, *, step: int | str | None = None,
   sharded with the student's, never updated, with no optimizer state.
 
   Args:
-    source: a run's work directory, a parameter tree, or a function returning one.
+    source: as for `from_pretrained`: a run's work directory, a Hugging Face
+      model directory, a parameter tree, or a function returning one.
     step: checkpoint step of a work directory: an int, 'best' or 'latest'.
     key: top-level key of the teacher's subtree.
   """
-  from jaxpretrain import checkpoint  # Imported here: only needed for paths.
 
   def init(params, rng):
     if key in params:
       raise ValueError(f'parameters already hold a {key!r} subtree')
-    if isinstance(source, str):
-      teacher = checkpoint.restore_params(source, step=step)
-    else:
-      teacher = source() if callable(source) else source
-    return {**params, key: jax.tree.map(jnp.asarray, dict(teacher))}
+    return {**params, key: jax.tree.map(jnp.asarray, dict(read_source(source, step)))}
 
-  def trainable(params):
-    return tree_lib.unflatten({p: not p.startswith(key + '/') for p in tree_lib.flatten(params)})
-
+  trainable = trainable_where([(re.escape(key) + '/.*', False), ('.*', True)], 'with_teacher')
   return make_transform('with_teacher', init=init, trainable=trainable,
-                        source=source if isinstance(source, str) else '<params>', step=step)
+                        source=_source_spec(source), step=step)
