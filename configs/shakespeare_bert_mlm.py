@@ -13,7 +13,7 @@ common = import_file(pathlib.Path(__file__).with_name('shakespeare_common.py'))
 
 def get_config(variant=None):
   c = run_config()
-  c.data = common.data('shakespeare_mlm', variant, seq_len=128)
+  c.data = common.data('shakespeare_mlm', variant, seq_len=128, task='mlm')
   c.model = dict(name='bert_mlm', transformer=common.transformer('bert_mini', variant))
   c.objective = dict(name='masked_lm', rate=0.15)
-  return common.lm_schedule(c, variant)
+  return common.lm_schedule(c, variant, steps=2000)

@@ -3,10 +3,16 @@
 import ml_collections
 
 
-def data(name, variant, *, seq_len, kind='wordpiece'):
-  """A text data section: the dataset, its play splits and the run's tokenizer."""
+def data(name, variant, *, seq_len, kind='wordpiece', task=''):
+  """A text data section: the dataset, the task it feeds, its splits and the run's tokenizer.
+
+  `task` ('mlm', 'lm' or 'classification'; empty: the built-in dataset's own) stays
+  when `name` is overridden with a TFDS text dataset, `tfds:<name>`, read from
+  `data_dir` ($TFDS_DATA_DIR by default); `text_key` and `label_key` name its features.
+  """
   d = ml_collections.ConfigDict(dict(
-      name=name, train_split='train', validation_split='validation', seq_len=seq_len, words=64,
+      name=name, task=task, text_key='text', label_key='label', train_split='train',
+      validation_split='validation', seq_len=seq_len, words=64,
       labelled_per_class=0, validation_per_class=0, batch_size=32, eval_batch_size=64,
       in_memory=True, data_dir='', subset_seed=0,
       tokenizer=dict(kind=kind, vocab_size=8192, path='')))
@@ -25,12 +31,12 @@ def transformer(preset, variant):
   return t
 
 
-def lm_schedule(c, variant):
-  """The language-model pre-training schedule both MLM and CLM use: 3,000 AdamW steps."""
+def lm_schedule(c, variant, *, steps):
+  """The language-model pre-training schedule both MLM and CLM use: `steps` AdamW steps."""
   c.optimizer.lr = 5e-4
   c.optimizer.weight_decay = 0.01
   c.optimizer.warmup_steps = 200
-  c.train.steps = 3000
+  c.train.steps = steps
   c.train.eval_every_steps = 500
   c.train.log_every = 50
   c.checkpoint.best_metric = 'loss'

@@ -13,10 +13,10 @@ common = import_file(pathlib.Path(__file__).with_name('shakespeare_common.py'))
 
 def get_config(variant=None):
   c = run_config()
-  c.data = common.data('shakespeare_lm', variant, seq_len=256, kind='bpe')
+  c.data = common.data('shakespeare_lm', variant, seq_len=256, kind='bpe', task='lm')
   c.data.batch_size = 16
   c.model = dict(name='gpt_clm', transformer=common.transformer('gpt2_mini', variant))
   c.objective = dict(name='causal_lm')
   if variant == 'tiny':
     c.data.batch_size = 8
-  return common.lm_schedule(c, variant)
+  return common.lm_schedule(c, variant, steps=1000)

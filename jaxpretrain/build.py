@@ -2,20 +2,22 @@
 
 from collections.abc import Callable, Mapping
 import dataclasses
+import pathlib
 from typing import Any
 
 import flax.linen as nn
 import ml_collections
 import optax
 
-from jaxpretrain import finetune
+from jaxpretrain import checkpoint, convert, finetune
 from jaxpretrain.data import augment as augment_lib
 from jaxpretrain.data import tokenizers
 from jaxpretrain.errors import ConfigError
 from jaxpretrain.models import (PRESETS, Autoencoder, BertForMaskedLM, Classifier, ConvDecoder,
                                 ConvEncoder, GPTForCausalLM, PretextClassifier,
-                                SequenceClassifier, TransformerConfig)
+                                SequenceClassifier, TransformerConfig, make_apply_fn)
 from jaxpretrain import objectives
+from jaxpretrain.objectives.language import TEACHER
 
 Config = ml_collections.ConfigDict
 
@@ -56,17 +58,69 @@ MODELS: dict[str, Callable[[Config], nn.Module]] = {
         dropout=c.get('dropout') or None),
 }
 
+# Distillation: what the student learns, and the teacher models that predict it.
+TASKS: dict[str, Callable[..., objectives.TokenTask]] = {'masked_lm': objectives.mlm_task}
+_TEACHER_MODELS: dict[str, type[nn.Module]] = {'masked_lm': BertForMaskedLM}
+_TEACHER_HINT = ("set --config.finetune.teacher to a masked-LM run's work directory (e.g. of "
+                 "configs/shakespeare_bert_mlm.py) or a Hugging Face *ForMaskedLM directory, and "
+                 "--config.data.tokenizer.path to it too")
+
+
+def _teacher_model(source: str) -> nn.Module:
+  """The teacher's model, as its run's checkpoint manifest or its `config.json` describes it."""
+  if convert.is_hf_directory(source):  # Its weights are read again by with_teacher.
+    return convert.load_hf(source)[0]
+  try:
+    manifest = checkpoint.read_manifest(source)
+  except FileNotFoundError as e:
+    raise ConfigError(f'teacher {source!r} is neither a run with checkpoints nor a Hugging Face '
+                      f'model directory ({e}); {_TEACHER_HINT}') from e
+  return model(Config(manifest['config']['model']))
+
+
+def _check_vocabulary(source: str, teacher: nn.Module, tokenizer: Any) -> None:
+  """The student's tokenizer must be the teacher's: the soft loss compares the same token ids."""
+  theirs, ours = teacher.config.vocab_size, tokenizer.get_vocab_size()
+  same = theirs == ours
+  saved = pathlib.Path(source) / tokenizers.FILENAME
+  if same and saved.is_file():  # Equal sizes: compare the tokens too, where the teacher has them.
+    same = tokenizers.load(saved).get_vocab() == tokenizer.get_vocab()
+  if not same:
+    raise ConfigError(f"teacher {source!r} predicts another vocabulary than this run's tokenizer "
+                      f"({theirs} and {ours} token ids); distil with the teacher's tokenizer: "
+                      f'--config.data.tokenizer.path={source}')
+
+
+def _distillation(*, task: str, teacher: str = '', temperature: float = 2.0, alpha: float = 0.5,
+                  tokenizer: Any = None, **task_kwargs: Any) -> objectives.Objective:
+  """`objectives.distillation` of `task` from the teacher model found at `teacher`."""
+  if not teacher:
+    raise ConfigError(f'the distillation objective has no teacher: {_TEACHER_HINT}.')
+  token_task = _pick(TASKS, task, 'distillation task')(**task_kwargs,
+                                                        **_token_kwargs(task, tokenizer))
+  module = _teacher_model(teacher)
+  if not isinstance(module, _TEACHER_MODELS[task]):
+    raise ConfigError(f'teacher {teacher!r} is a {type(module).__name__}, which does not predict '
+                      f'the {task} task; {_TEACHER_HINT}.')
+  _check_vocabulary(teacher, module, tokenizer)
+  return objectives.distillation(token_task, make_apply_fn(module), temperature=temperature,
+                                 alpha=alpha)
+
+
 OBJECTIVES: dict[str, Callable[..., objectives.Objective]] = {
     'classification': objectives.classification,
     'denoising': objectives.denoising,
     'rotation_prediction': objectives.rotation_prediction,
     'masked_lm': objectives.masked_lm,
     'causal_lm': objectives.causal_lm,
+    'distillation': _distillation,
 }
 
 
 def _token_kwargs(name: str, tokenizer: Any) -> dict[str, Any]:
   """What an objective needs to know of the run's tokenizer (masked LM: its special ids)."""
+  if name == 'distillation':  # For its task's ids, and to check the teacher's vocabulary.
+    return {'tokenizer': tokenizer}
   if name != 'masked_lm':
     return {}
   if tokenizer is None:
@@ -89,10 +143,15 @@ def model(cfg: Config) -> nn.Module:
   return _pick(MODELS, cfg.name, 'model')(cfg)
 
 
-def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any = None
-              ) -> objectives.Objective:
-  """The objective named by `cfg.name`, with training augmentation if `augment_cfg.name`."""
-  obj = _pick(OBJECTIVES, cfg.name, 'objective')(**_kwargs(cfg),
+def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any = None,
+              teacher: str = '') -> objectives.Objective:
+  """The objective named by `cfg.name`, with training augmentation if `augment_cfg.name`.
+
+  `teacher` is the distillation objective's teacher (a run's work directory or a
+  Hugging Face directory: the run config's `finetune.teacher`).
+  """
+  extra = {'teacher': teacher} if cfg.name == 'distillation' else {}
+  obj = _pick(OBJECTIVES, cfg.name, 'objective')(**_kwargs(cfg), **extra,
                                                   **_token_kwargs(cfg.name, tokenizer))
   if augment_cfg is not None and augment_cfg.get('name', 'none') != 'none':
     aug = _pick(AUGMENTS, augment_cfg.name, 'augmentation')(**_kwargs(augment_cfg))
@@ -134,8 +193,9 @@ def transform(cfg: Config | None, learning_rate: optax.Schedule | None = None
   """The fine-tuning chain described by a `finetune` config section (identity if none).
 
   The parts apply in a fixed order: weights (pretrained, new_head, reinit,
-  lora), what trains (freeze, linear_probe, bitfit), penalties (weight_decay,
-  l2sp), gradual unfreezing, then per-parameter rates. Unset keys add nothing.
+  lora), a frozen distillation teacher (teacher, teacher_step), what trains
+  (freeze, linear_probe, bitfit), penalties (weight_decay, l2sp), gradual
+  unfreezing, then per-parameter rates. Unset keys add nothing.
 
   Args:
     cfg: the `finetune` section of a run config.
@@ -159,6 +219,8 @@ def transform(cfg: Config | None, learning_rate: optax.Schedule | None = None
     parts.append(finetune.lora(lora.rank, lora.get('alpha') or None, targets=lora.targets,
                                dropout=lora.get('dropout', 0.0), head=head,
                                stacked=cfg.get('stacked') or None))
+  if cfg.get('teacher'):  # After the student's weights, so that none of those touch it.
+    parts.append(finetune.with_teacher(cfg.teacher, step=_step(cfg.get('teacher_step', 'best'))))
   if cfg.get('freeze'):
     parts.append(finetune.freeze(cfg.freeze))
   if cfg.get('linear_probe'):

@@ -5,7 +5,7 @@ directory and resuming from its checkpoints; `evaluate` scores a checkpoint on a
 split. Nothing below this module imports it.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 import dataclasses
 import json
 import logging
@@ -13,7 +13,9 @@ import pathlib
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -23,9 +25,10 @@ from jaxpretrain import data as data_lib
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.data import text_runs
 from jaxpretrain.finetune import create_state
-from jaxpretrain.metrics import MeanAccumulator
+from jaxpretrain.metrics import MeanAccumulator, macro_f1, perplexity
+from jaxpretrain.objectives.common import Objective, example_weights
 from jaxpretrain.state import TrainState
-from jaxpretrain.step import make_eval_step, make_train_step
+from jaxpretrain.step import apply_model, make_eval_step, make_train_step
 
 Config = ml_collections.ConfigDict
 
@@ -69,6 +72,16 @@ class _Engine:
   train_step: Callable
   eval_step: Callable
   unbatch_metrics: Callable[[dict], dict]
+  predict: Callable[[Any, Any], tuple[dict, dict]]  # -> (outputs, batch), batch first
+
+
+def _predict(state: TrainState, batch: dict) -> tuple[dict[str, Any], dict]:
+  """The model's outputs (but `model_state`) beside the batch itself.
+
+  Returned together, so that outputs and labels line up batch first however the
+  batch was split over devices or processes.
+  """
+  return {k: v for k, v in apply_model(state, batch).items() if k != 'model_state'}, batch
 
 
 def _engine(mode: str, objective, eval_objective, state: TrainState, grad_accum: int,
@@ -81,23 +94,27 @@ def _engine(mode: str, objective, eval_objective, state: TrainState, grad_accum:
         train_step=parallel.jit(make_train_step(objective, grad_accum=grad_accum, clip=clip),
                                 mesh, state),
         eval_step=parallel.jit(make_eval_step(eval_objective), mesh, state, donate=False),
-        unbatch_metrics=lambda m: m)
+        unbatch_metrics=lambda m: m,
+        predict=parallel.jit(_predict, mesh, state, donate=False))
   if mode == 'pmap':
     axis = parallel.PMAP_AXIS
+    predict = parallel.pmap(_predict, donate=False)
     return _Engine(
         place_state=parallel.replicate, host_state=parallel.unreplicate,
         place_batch=parallel.split_for_pmap,
         train_step=parallel.pmap(make_train_step(objective, grad_accum=grad_accum, clip=clip,
                                                  axis_name=axis)),
         eval_step=parallel.pmap(make_eval_step(eval_objective, axis_name=axis), donate=False),
-        unbatch_metrics=parallel.unreplicate)
+        unbatch_metrics=parallel.unreplicate,
+        predict=lambda s, b: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), predict(s, b)))
   if mode == 'single':
     return _Engine(
         place_state=lambda s: jax.tree.map(jax.numpy.copy, s), host_state=lambda s: s,
         place_batch=lambda b: b,
         train_step=jax.jit(make_train_step(objective, grad_accum=grad_accum, clip=clip),
                            donate_argnums=0),
-        eval_step=jax.jit(make_eval_step(eval_objective)), unbatch_metrics=lambda m: m)
+        eval_step=jax.jit(make_eval_step(eval_objective)), unbatch_metrics=lambda m: m,
+        predict=jax.jit(_predict))
   raise build.ConfigError(f"unknown parallel.mode {mode!r}; choose 'mesh', 'pmap' or 'single'")
 
 
@@ -157,6 +174,11 @@ def _without_pretrained(config: Config) -> Config | None:
     ft_cfg = ft_cfg.copy_and_resolve_references()
     ft_cfg.pretrained = ''
   return ft_cfg
+
+
+def _teacher(config: Config) -> str:
+  """A distillation run's teacher: its `finetune.teacher` (empty for other runs)."""
+  return config.get('finetune', {}).get('teacher', '')
 
 
 def _create_state(config: Config, ft_cfg: Config | None, total_steps: int,
@@ -232,8 +254,10 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   ft_cfg = _without_pretrained(config) if resuming else config.get('finetune')
   loader = data_lib.train_loader(train_src, batch_size=batch_size, seed=config.seed)
   example = data_lib.load_split(data_lib.subset(train_src, np.arange(batch_size)))
-  objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer)
-  eval_objective = build.objective(config.objective, tokenizer=tokenizer)
+  objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer,
+                              teacher=_teacher(config))
+  eval_objective = build.objective(config.objective, tokenizer=tokenizer,
+                                   teacher=_teacher(config))
   state = _create_state(config, ft_cfg, total, example)
   counts = {'trainable_params': tree_lib.size(state.params),
             'frozen_params': tree_lib.size(state.frozen)}
@@ -282,6 +306,70 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   return summary
 
 
+def _per_token_totals(objective: Objective) -> Objective:
+  """Makes an objective that counts `tokens` report each batch's totals per real example.
+
+  Such an objective's metrics are means over predicted tokens, but an eval step
+  averages its metrics over real examples (rows), in every parallel mode.
+  Scaled by tokens / rows, a batch's average times its rows is the batch's
+  exact total, so the split's totals over its tokens are exact per-token means
+  (`_per_token_means`). Objectives without `tokens` are returned unchanged.
+  """
+
+  def wrapped(apply_fn, params, batch, rng, *, model_state=None, train=True):
+    loss, out = objective(apply_fn, params, batch, rng, model_state=model_state, train=train)
+    if 'tokens' not in out:
+      return loss, out
+    per_row = out['tokens'] / jnp.maximum(jnp.sum(example_weights(batch)), 1.0)
+    scaled = {k: v if k == 'model_state' else v * per_row for k, v in out.items()}
+    return loss * per_row, {**scaled, 'tokens': per_row}
+
+  return wrapped
+
+
+def _per_token_means(result: dict[str, float]) -> dict[str, float]:
+  """Per-token means, the split's `tokens` and `perplexity`, from `_per_token_totals` metrics."""
+  rows = result['examples']
+  tokens = result['tokens'] * rows
+  means = {k: v * rows / max(tokens, 1.0) for k, v in result.items()
+           if k not in ('tokens', 'examples')}
+  # Each batch's tokens come back as a float32 product; the split's count is a whole number.
+  return {**means, 'perplexity': perplexity(means['loss']), 'tokens': float(round(tokens)),
+          'examples': rows}
+
+
+def _split_macro_f1(engine: _Engine, placed_state: Any, batches: Iterable[dict], *,
+                    label_key: str, logits_key: str) -> float:
+  """Macro-F1 of a whole split, from every example's prediction (not a mean over batches)."""
+  logits, labels, where = [], [], []
+  for batch in batches:
+    outputs, placed = jax.device_get(engine.predict(placed_state, engine.place_batch(batch)))
+    logits.append(np.asarray(outputs[logits_key]))
+    labels.append(np.asarray(placed[label_key]))
+    where.append(np.asarray(placed['mask']))
+  return macro_f1(logits=np.concatenate(logits), labels=np.concatenate(labels),
+                  where=np.concatenate(where))
+
+
+def restore_model(config: Config, workdir: str | pathlib.Path, *,
+                  step: checkpoint.StepSpec = 'best') -> tuple[nn.Module, Any, Any]:
+  """A run's model, the parameters of one of its checkpoints, and its tokenizer.
+
+  For inference outside the loop, e.g. `generate.generate(model, params, ...)`.
+
+  Args:
+    config: the run's config.
+    workdir: the run's work directory.
+    step: checkpoint to read: an int, 'latest' or 'best' (by validation metric).
+
+  Returns:
+    `(model, params, tokenizer)`; the model is sized to the tokenizer's
+    vocabulary, and the tokenizer is None for runs without text data.
+  """
+  config, tokenizer = _with_tokenizer(config, pathlib.Path(workdir))
+  return build.model(config.model), checkpoint.restore_params(workdir, step=step), tokenizer
+
+
 def evaluate(config: Config, workdir: str | pathlib.Path, *, split: str,
              step: checkpoint.StepSpec = 'best') -> dict[str, float]:
   """Scores a run's checkpoint on a split with the run's objective (no augmentation).
@@ -293,16 +381,39 @@ def evaluate(config: Config, workdir: str | pathlib.Path, *, split: str,
     step: checkpoint to score: an int, 'latest' or 'best' (by validation metric).
 
   Returns:
-    Mean metrics over the split, and `examples`.
+    Mean metrics over the split's examples, and `examples`. A classification
+    run adds `macro_f1` over the whole split. A language model (an objective
+    counting `tokens`) gives means per predicted token instead, each batch
+    weighted by its tokens: `loss` is the split's exact mean negative
+    log-likelihood, with its `perplexity` and the split's `tokens`.
   """
+  return evaluate_splits(config, workdir, [split], step=step)[split]
+
+
+def evaluate_splits(config: Config, workdir: str | pathlib.Path, splits: Sequence[str], *,
+                    step: checkpoint.StepSpec = 'best') -> dict[str, dict[str, float]]:
+  """`evaluate` on several splits, restoring and compiling once: split → its metrics."""
   ft_cfg = _without_pretrained(config)
   config, tokenizer = _with_tokenizer(config, pathlib.Path(workdir))
-  source = _source(config.data, split, tokenizer)
-  example = data_lib.load_split(data_lib.subset(source, np.arange(config.data.eval_batch_size)))
-  objective = build.objective(config.objective, tokenizer=tokenizer)
+  sources = {split: _source(config.data, split, tokenizer) for split in splits}
+  first = next(iter(sources.values()))
+  example = data_lib.load_split(data_lib.subset(first, np.arange(config.data.eval_batch_size)))
+  objective = _per_token_totals(build.objective(config.objective, tokenizer=tokenizer,
+                                                teacher=_teacher(config)))
   state = _create_state(config, ft_cfg, 1, example)
   with checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints', read_only=True) as ckpt:
     state, _ = ckpt.restore(state, step=step)
   engine = _engine(config.parallel.mode, objective, objective, state, 1, None)
-  return _evaluate(engine, engine.place_state(state),
-                   data_lib.eval_batches(source, batch_size=config.data.eval_batch_size))
+  placed = engine.place_state(state)
+  results = {}
+  for split, source in sources.items():
+    batches = data_lib.eval_batches(source, batch_size=config.data.eval_batch_size)
+    result = _evaluate(engine, placed, batches)
+    if 'tokens' in result:
+      result = _per_token_means(result)
+    if config.objective.name == 'classification':
+      result['macro_f1'] = _split_macro_f1(
+          engine, placed, batches, label_key=config.objective.get('label_key', 'label'),
+          logits_key=config.objective.get('logits_key', 'logits'))
+    results[split] = result
+  return results

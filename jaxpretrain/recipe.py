@@ -5,19 +5,37 @@ learning-rate grid for each classifier. The fine-tuned classifier starts from
 the pre-training checkpoint, optionally after a linear probe (`probe.epochs` > 0:
 a new head trained on the frozen encoder, then everything fine-tuned, as in
 LP-FT); the baseline is the same fine-tuning config with no pre-trained weights
-and no fine-tuning transforms: same architecture, augmentation and epochs. Each classifier's learning rate and epoch are chosen
-on the validation split alone; only the chosen model is scored on the test split.
+and no fine-tuning transforms: same architecture, augmentation, tokenizer (the
+pre-training run's, for text) and epochs. Each classifier's learning rate and
+epoch are chosen on the validation split alone; only the chosen model is scored
+on the test split.
+
+An optional `lm` section is a causal language model's run config: it is
+pre-trained in `workdir/lm`, scored by perplexity on its validation split and
+the test split, and continues the prompt of the `generate` section.
 """
 
 import pathlib
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
-from jaxpretrain import loop, report
+from jaxpretrain import generate, loop, report
+from jaxpretrain.data import tokenizers
+from jaxpretrain.errors import ConfigError
 
 Config = ml_collections.ConfigDict
+_GENERATE_KEYS = ('prompt', 'max_new_tokens', 'temperature', 'top_k', 'seed')
+
+
+def _with_pretraining_tokenizer(cfg: Config, pretrain_dir: pathlib.Path) -> Config:
+  """A text run reads the pre-training run's tokenizer, so token ids mean the same."""
+  if 'tokenizer' in cfg.data:
+    cfg.data.tokenizer.path = str(pretrain_dir)
+  return cfg
 
 
 def _probe_config(config: Config, pretrain_dir: pathlib.Path) -> Config:
@@ -33,11 +51,11 @@ def _probe_config(config: Config, pretrain_dir: pathlib.Path) -> Config:
   probe.optimizer.schedule = 'constant'
   probe.optimizer.warmup_steps = 0
   probe.train.epochs = config.probe.epochs
-  return probe
+  return _with_pretraining_tokenizer(probe, pretrain_dir)
 
 
-def _classifier_configs(config: Config, start_dir: pathlib.Path, probed: bool
-                        ) -> dict[str, Config]:
+def _classifier_configs(config: Config, pretrain_dir: pathlib.Path, start_dir: pathlib.Path,
+                        probed: bool) -> dict[str, Config]:
   finetuned = config.finetune.copy_and_resolve_references()
   finetuned.finetune.pretrained = str(start_dir)
   if probed:
@@ -49,7 +67,8 @@ def _classifier_configs(config: Config, start_dir: pathlib.Path, probed: bool
   for key, default in scratch.finetune.items():
     if key not in ('select', 'step', 'strict'):
       scratch.finetune[key] = type(default)()
-  return {'finetune': finetuned, 'scratch': scratch}
+  return {name: _with_pretraining_tokenizer(cfg, pretrain_dir)
+          for name, cfg in (('finetune', finetuned), ('scratch', scratch))}
 
 
 def _choose(trials: dict[str, dict[str, Any]]) -> str:
@@ -58,11 +77,54 @@ def _choose(trials: dict[str, dict[str, Any]]) -> str:
                                     -trials[t]['best_validation']['loss']))
 
 
+def _check_lm(config: Config) -> None:
+  """Refuses an `lm` section that could not be sampled, before anything trains."""
+  if config.lm.objective.name != 'causal_lm':
+    raise ConfigError(f"the recipe's lm section trains objective {config.lm.objective.name!r}; "
+                      "it must be a causal LM (objective 'causal_lm', e.g. "
+                      'configs/shakespeare_gpt_clm.py) to generate text')
+  missing = [k for k in _GENERATE_KEYS if k not in config.get('generate', {})]
+  if missing:
+    raise ConfigError(f'a recipe with an lm section needs a generate section with '
+                      f'{", ".join(_GENERATE_KEYS)}; missing: {", ".join(missing)}')
+
+
+def _sample(lm: Config, lm_dir: pathlib.Path, gen: Config) -> dict[str, Any]:
+  """The language model's continuation of `gen.prompt`, in its own tokenizer's tokens."""
+  model, params, tokenizer = loop.restore_model(lm, lm_dir, step='best')
+  prompt = tokenizer.encode(gen.prompt, add_special_tokens=False).ids
+  if not prompt:
+    raise ConfigError(f'generate.prompt={gen.prompt!r} encodes to no tokens; give it some text')
+  eos = tokenizers.special_ids(tokenizer).get('eos')
+  tokens = generate.generate(model, params, jnp.asarray([prompt], jnp.int32),
+                             max_new_tokens=gen.max_new_tokens, rng=jax.random.key(gen.seed),
+                             temperature=gen.temperature, top_k=gen.top_k or None, eos_id=eos)
+  new = [int(t) for t in jax.device_get(tokens)[0, len(prompt):]]
+  if eos in new:  # Everything after the first end of text is padding.
+    new = new[:new.index(eos)]
+  return {'prompt': gen.prompt, 'continuation': tokenizer.decode(new), 'new_tokens': len(new),
+          'prompt_tokens': len(prompt)}
+
+
+def _language_model(config: Config, lm_dir: pathlib.Path, progress: bool) -> dict[str, Any]:
+  """Pre-trains the `lm` run, scores its perplexity and samples from it."""
+  summary = loop.train(config.lm, lm_dir, kind='pretrain', progress=progress)
+  splits = {'validation': config.lm.data.validation_split, 'test': config.test_split}
+  by_split = loop.evaluate_splits(config.lm, lm_dir, list(splits.values()), step='best')
+  scores = {name: by_split[split] for name, split in splits.items()}
+  return {'workdir': str(lm_dir), 'steps': summary['steps'], 'best_step': summary['best_step'],
+          'splits': splits, **scores, 'sample': _sample(config.lm, lm_dir, config.generate)}
+
+
 def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict[str, Any]:
   """Runs pre-training, both classifiers' learning-rate grids, and writes `report.md`.
 
+  With an `lm` section, a causal language model is pre-trained after the
+  classifiers and scored by perplexity, and samples the `generate` prompt.
   Each run resumes (or is skipped if finished) when rerun in the same workdir.
   """
+  if 'lm' in config:
+    _check_lm(config)
   start = time.time()
   workdir = pathlib.Path(workdir).expanduser().absolute()
   timings = {}
@@ -78,7 +140,8 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     timings['linear probe'] = time.time() - t0
   grids = {'finetune': config.finetune_lrs, 'scratch': config.scratch_lrs}
   results, trials = {}, {}
-  for name, cfg in _classifier_configs(config, start_dir, probed).items():
+  for name, cfg in _classifier_configs(config, workdir / 'pretrain', start_dir,
+                                        probed).items():
     t0 = time.time()
     runs = {}
     for lr in grids[name]:
@@ -95,6 +158,12 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
                          best_epoch=summary['best_step'] / summary['steps_per_epoch'],
                          validation_accuracy=summary['best_validation']['accuracy'])
     timings[name] = time.time() - t0
+  lm = None
+  if 'lm' in config:
+    t0 = time.time()
+    lm = _language_model(config, workdir / 'lm', progress)
+    timings['language model'] = time.time() - t0
   wall = time.time() - start
-  path = report.write(workdir, config, results, trials, timings, wall)
-  return {'report': str(path), 'test': results, 'wall_time_s': wall, 'timings_s': timings}
+  path = report.write(workdir, config, results, trials, timings, wall, lm=lm)
+  return {'report': str(path), 'test': results, **({'lm': lm} if lm else {}),
+          'wall_time_s': wall, 'timings_s': timings}

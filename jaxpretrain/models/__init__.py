@@ -2,6 +2,7 @@
 
 from jaxpretrain.models.conv import ConvDecoder, ConvEncoder, space_to_depth
 from jaxpretrain.models.core import init_variables, make_apply_fn
+from jaxpretrain.models.layers import Dense, Dropout
 from jaxpretrain.models.heads import (Autoencoder, Classifier, ClassifierHead,
                                       PretextClassifier, ProjectionHead)
 from jaxpretrain.models.text_heads import (BertForMaskedLM, GPTForCausalLM, Regressor,

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpretrain.errors import ConfigError
+from jaxpretrain.models.layers import Dense, Dropout, add_bias, tied_logits
 
 _ACTIVATIONS = {
     'gelu': lambda x: nn.gelu(x, approximate=False),  # BERT: exact, with erf
@@ -174,9 +175,9 @@ def pool_features(hidden_BxLxD: jax.Array, attention_mask_BxL: jax.Array, how: s
 
 
 def _dense(cfg: TransformerConfig, features: int, name: str, std: float | None = None,
-           use_bias: bool = True) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, dtype=cfg.dtype, name=name,
-                  kernel_init=nn.initializers.normal(std or cfg.initializer_range))
+           use_bias: bool = True) -> Dense:
+  return Dense(features, use_bias=use_bias, dtype=cfg.dtype, name=name,
+               kernel_init=nn.initializers.normal(std or cfg.initializer_range))
 
 
 def _layer_norm(cfg: TransformerConfig, name: str | None) -> nn.LayerNorm:
@@ -217,7 +218,7 @@ class SelfAttention(nn.Module):
     # packed row) gets uniform weights instead of NaN.
     scores_BxHxLxT += jnp.where(mask_Bx1xLxT, 0.0, jnp.finfo(jnp.float32).min)
     probs_BxHxLxT = jax.nn.softmax(scores_BxHxLxT, axis=-1)
-    probs_BxHxLxT = nn.Dropout(cfg.attention_dropout, deterministic=not train)(probs_BxHxLxT)
+    probs_BxHxLxT = Dropout(cfg.attention_dropout, deterministic=not train)(probs_BxHxLxT)
     out_BxLxHxK = jnp.einsum('bhqt,bthk->bqhk', probs_BxHxLxT.astype(cfg.dtype), v_BxTxHxK)
     return _dense(cfg, d, 'output', _residual_std(cfg))(out_BxLxHxK.reshape(b, l, d))
 
@@ -261,7 +262,7 @@ class TransformerBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxL: jax.Array, *, train: bool) -> jax.Array:
     cfg = self.config
-    drop = nn.Dropout(cfg.dropout, deterministic=not train)
+    drop = Dropout(cfg.dropout, deterministic=not train)
     attention = SelfAttention(cfg, name='attention')
     attention_norm = _layer_norm(cfg, 'attention_norm')
     mlp = MLP(cfg, name='mlp')
@@ -291,7 +292,7 @@ class Embeddings(nn.Module):
       self.token_type_embeddings = embed(cfg.type_vocab_size)
     if not cfg.pre_norm:
       self.layer_norm = _layer_norm(cfg, None)
-    self.dropout = nn.Dropout(cfg.dropout)
+    self.dropout = Dropout(cfg.dropout)
 
   def __call__(self, input_ids_BxL: jax.Array, positions_BxL: jax.Array,
                token_type_ids_BxL: jax.Array | None = None, *, train: bool) -> jax.Array:
@@ -306,7 +307,8 @@ class Embeddings(nn.Module):
     return self.dropout(x_BxLxD, deterministic=not train)
 
   def attend(self, x_BxLxD: jax.Array) -> jax.Array:
-    return self.word_embeddings.attend(x_BxLxD)
+    table_VxD = jnp.asarray(self.word_embeddings.embedding, self.config.dtype)
+    return tied_logits(x_BxLxD.astype(self.config.dtype), table_VxD)
 
 
 class _Pooler(nn.Module):
@@ -442,5 +444,6 @@ class LMHead(nn.Module):
     else:
       logits_BxLxV = _dense(cfg, cfg.vocab_size, 'decoder', use_bias=False)(x_BxLxD)
     if self.transform:
-      logits_BxLxV += self.param('bias', nn.initializers.zeros, (cfg.vocab_size,))
+      logits_BxLxV = add_bias(logits_BxLxV,
+                              self.param('bias', nn.initializers.zeros, (cfg.vocab_size,)))
     return logits_BxLxV

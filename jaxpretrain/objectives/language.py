@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxpretrain.objectives.common import (Batch, Objective, call_model, example_weights,
-                                           mean_over)
+                                           mean_over, top1_hits)
 from jaxpretrain.state import ApplyFn
 
 TEACHER = 'teacher'  # Key of a frozen teacher's parameters in the parameter tree.
@@ -134,8 +134,8 @@ def _predict(task: TokenTask, apply_fn: ApplyFn, params: Any, batch: Batch, rng:
   logits_BxNxV = outputs['logits'].astype(jnp.float32)
   nll = mean_over(optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV, targets_BxN),
                   weights_BxN)
-  correct_BxN = (jnp.argmax(logits_BxNxV, -1) == targets_BxN).astype(jnp.float32)
-  metrics = {**metrics, 'accuracy': mean_over(correct_BxN, weights_BxN),
+  hits_BxN = top1_hits(logits=jax.lax.stop_gradient(logits_BxNxV), labels=targets_BxN)
+  metrics = {**metrics, 'accuracy': mean_over(hits_BxN, weights_BxN),
              'tokens': jnp.sum(weights_BxN)}
   return inputs, logits_BxNxV, weights_BxN, nll, metrics
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxpretrain.objectives.common import Objective, call_model, weighted_mean
+from jaxpretrain.objectives.common import Objective, call_model, top1_hits, weighted_mean
 
 
 def classification(*, label_smoothing: float = 0.0, label_key: str = 'label',
@@ -28,7 +28,7 @@ def classification(*, label_smoothing: float = 0.0, label_key: str = 'label',
     targets_BxK = optax.smooth_labels(jax.nn.one_hot(labels_B, logits_BxK.shape[-1]),
                                       label_smoothing)
     loss = weighted_mean(optax.softmax_cross_entropy(logits_BxK, targets_BxK), batch)
-    correct_B = (jnp.argmax(logits_BxK, -1) == labels_B).astype(jnp.float32)
+    correct_B = top1_hits(logits=logits_BxK, labels=labels_B)
     return loss, {**metrics, 'loss': loss, 'accuracy': weighted_mean(correct_B, batch)}
 
   return objective

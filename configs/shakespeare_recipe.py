@@ -1,0 +1,46 @@
+"""The text recipe: BERT-mini pre-trained on the Shakespeare plays, fine-tuned on their genres.
+
+Masked-LM pre-training on the training plays (no labels), then the "passage →
+play genre" classifier fine-tuned from it, against the same classifier trained
+from scratch with the same tokenizer (each with its own learning-rate grid,
+chosen on the validation plays), scored on the test plays. A GPT-mini is
+pre-trained the same way on the same plays, scored by held-out perplexity, and
+continues `generate.prompt`. `:tiny` for tests.
+"""
+
+import pathlib
+
+import ml_collections
+
+from jaxpretrain.config import import_file
+
+
+def _load(name, variant):
+  return import_file(pathlib.Path(__file__).with_name(name)).get_config(variant)
+
+
+def get_config(variant=None):
+  c = ml_collections.ConfigDict()
+  c.title = 'Shakespeare: pre-training on the plays, fine-tuning on their genres'
+  c.description = ('BERT-mini masked-LM pre-training on the text of the training plays, without '
+                   'labels, then a passage → play-genre classifier (six genres) fine-tuned from '
+                   'it, against the same classifier trained from scratch. Validation and test '
+                   'passages come from plays that neither pre-training nor fine-tuning saw.')
+  c.units = 'passages'  # What a test example is, in the report's words.
+  c.shared = "architecture, tokenizer (the pre-training run's), data and optimizer"
+  c.test_split = 'test'
+  # As `jaxpretrain pretrain --config configs/shakespeare_bert_mlm.py` would run it.
+  c.pretrain = _load('shakespeare_bert_mlm.py', variant)
+  # The recipe points both classifiers at the pre-training run's tokenizer.
+  c.finetune = _load('shakespeare_genre.py', variant)
+  c.finetune_lrs = (1e-4, 3e-4)
+  c.scratch_lrs = (3e-4, 1e-3)
+  c.lm = _load('shakespeare_gpt_clm.py', variant)
+  # top_k 0 samples from the whole vocabulary.
+  c.generate = dict(prompt='O gentle night,', max_new_tokens=200, temperature=0.8, top_k=40,
+                    seed=0)
+  if variant == 'tiny':
+    c.finetune_lrs = (3e-4,)
+    c.scratch_lrs = (1e-3,)
+    c.generate.max_new_tokens = 16
+  return c
