@@ -5,7 +5,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxpretrain import build, checkpoint, cli, config as config_lib, loop
+from jaxpretrain import build, checkpoint, config as config_lib, loop
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.data import text, tokenizers
 from jaxpretrain.errors import ConfigError
@@ -29,13 +29,9 @@ def _distil_config(teacher, *overrides):
 
 
 @pytest.fixture(scope='module')
-def teacher(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('bert')
-  # No validation pass: the teacher's own scores are not under test here.
-  assert cli.main(['pretrain', '--config', 'configs/shakespeare_bert_mlm.py:tiny',
-                   '--workdir', str(workdir), '--no-progress',
-                   '--config.data.validation_split=']) == 0
-  return workdir
+def teacher(text_recipe_run):
+  """The tiny text recipe's BERT MLM run (configs/shakespeare_bert_mlm.py:tiny)."""
+  return text_recipe_run / 'pretrain'
 
 
 @pytest.fixture(scope='module')

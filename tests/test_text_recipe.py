@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpretrain import checkpoint, cli, config as config_lib, loop, metrics, recipe
+from jaxpretrain import checkpoint, config as config_lib, loop, metrics, recipe
 from jaxpretrain import data as data_lib
 from jaxpretrain.data import text_runs
 from jaxpretrain.errors import ConfigError
@@ -17,10 +17,8 @@ CLASSIFIERS = ('fine-tuned from pre-training', 'from scratch (same budget)')
 
 
 @pytest.fixture(scope='module')
-def recipe_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('shakespeare')
-  assert cli.main(['recipe', '--config', RECIPE, '--workdir', str(workdir), '--no-progress']) == 0
-  return workdir
+def recipe_run(text_recipe_run):
+  return text_recipe_run
 
 
 def _table_rows(report, first_cells):

@@ -1,21 +1,22 @@
-"""Text runs from configs: BERT MLM pre-training, genre fine-tuning, GPT CLM (tiny variants)."""
+"""Text runs from configs: BERT MLM pre-training, genre fine-tuning, GPT CLM (tiny variants).
+
+The runs are those of the tiny text recipe (`text_recipe_run`), which runs each
+config as `jaxpretrain pretrain|finetune` would.
+"""
 
 import json
 
 import numpy as np
 import pytest
 
-from jaxpretrain import checkpoint, cli, config as config_lib, loop
+from jaxpretrain import checkpoint, config as config_lib, loop
 from jaxpretrain.data import text, tokenizers
 from jaxpretrain.errors import JaxpretrainError
 
 
 @pytest.fixture(scope='module')
-def bert_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('bert')
-  assert cli.main(['pretrain', '--config', 'configs/shakespeare_bert_mlm.py:tiny',
-                   '--workdir', str(workdir), '--no-progress']) == 0
-  return workdir
+def bert_run(text_recipe_run):
+  return text_recipe_run / 'pretrain'
 
 
 def test_mlm_pretraining_saves_its_tokenizer_and_sizes_the_model_to_it(bert_run):
@@ -28,27 +29,29 @@ def test_mlm_pretraining_saves_its_tokenizer_and_sizes_the_model_to_it(bert_run)
   assert validation and np.isfinite(validation[-1]['loss']) and validation[-1]['tokens'] > 0
 
 
-def test_genre_finetuning_starts_from_the_pretrained_encoder(bert_run, tmp_path):
+def test_genre_finetuning_starts_from_the_pretrained_encoder(bert_run, text_recipe_run):
+  finetuned = text_recipe_run / 'finetune' / 'lr=0.0003'
   config = config_lib.override(config_lib.load('configs/shakespeare_genre.py:tiny'), [
       f'finetune.pretrained={bert_run}', f'data.tokenizer.path={bert_run}'])
-  summary = loop.train(config, tmp_path, kind='finetune', progress=False)
-  assert 0.0 <= summary['best_validation']['accuracy'] <= 1.0
-  assert not (tmp_path / 'tokenizer.json').exists()  # the pre-training run's is used
-  manifest = checkpoint.read_manifest(tmp_path)
+  validation = [r for r in loop.read_metrics(finetuned) if r['split'] == 'validation']
+  assert validation and 0.0 <= validation[-1]['accuracy'] <= 1.0
+  assert not (finetuned / 'tokenizer.json').exists()  # the pre-training run's is used
+  manifest = checkpoint.read_manifest(finetuned)
   assert manifest['finetune'][0] == {**manifest['finetune'][0], 'name': 'from_pretrained',
                                      'source': str(bert_run)}
   pre = checkpoint.restore_params(bert_run)['encoder']['layer_0']['attention']['query']['kernel']
-  start = checkpoint.restore_params(tmp_path)['encoder']['layer_0']['attention']['query']
+  start = checkpoint.restore_params(finetuned)['encoder']['layer_0']['attention']['query']
   assert pre.shape == start['kernel'].shape
-  result = loop.evaluate(config, tmp_path, split='test')
+  result = loop.evaluate(config, finetuned, split='test')
   assert result['examples'] == len(text.genre_passages('test'))
 
 
-def test_gpt_clm_pretraining_runs_on_packed_plays(tmp_path):
-  summary = loop.train(config_lib.load('configs/shakespeare_gpt_clm.py:tiny'), tmp_path,
-                       progress=False)
-  assert np.isfinite(summary['best_validation']['loss'])
-  assert set(tokenizers.special_ids(tokenizers.load(tmp_path))) == {'eos'}
+def test_gpt_clm_pretraining_runs_on_packed_plays(text_recipe_run):
+  lm = text_recipe_run / 'lm'
+  assert checkpoint.read_manifest(lm)['config']['model']['name'] == 'gpt_clm'
+  validation = [r for r in loop.read_metrics(lm) if r['split'] == 'validation']
+  assert validation and np.isfinite(validation[-1]['loss']) and validation[-1]['tokens'] > 0
+  assert set(tokenizers.special_ids(tokenizers.load(lm))) == {'eos'}
 
 
 def test_masked_lm_with_a_tokenizer_without_mask_token_is_a_clear_error(tmp_path):
