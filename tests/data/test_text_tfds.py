@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 
 from jaxpretrain import cli, config as config_lib, loop
 from jaxpretrain import data as data_lib
-from jaxpretrain.data import catalogue, text, text_runs, text_tfds, tokenizers
+from jaxpretrain.data import text, text_runs, text_tfds, tokenizers
 from jaxpretrain.data.errors import DatasetNotFoundError, UnknownDatasetError
 from jaxpretrain.errors import ConfigError, JaxpretrainError
 
@@ -115,18 +115,20 @@ def test_unprepared_dataset_fails_before_training_and_keeps_the_workdir(
   assert not list(data_dir.iterdir())  # Nothing half-prepared either.
 
 
-def test_cli_names_the_default_data_dir(tmp_path, monkeypatch, capsys):
-  monkeypatch.delenv('TFDS_DATA_DIR', raising=False)
-  if text_tfds.builder('tiny_shakespeare').is_prepared():
-    pytest.skip(f'tiny_shakespeare is prepared in {catalogue.resolve_data_dir()}')
+def test_cli_names_the_data_dir_it_looked_in(tmp_path, monkeypatch, capsys):
+  # $TFDS_DATA_DIR, as a user sets it, at an empty directory: the data dir the CLI resolves
+  # without a data.data_dir key, and one where the dataset is surely not prepared.
+  data_dir, workdir = tmp_path / 'tfds', tmp_path / 'run'
+  data_dir.mkdir()
+  monkeypatch.setenv('TFDS_DATA_DIR', str(data_dir))
   code = cli.main(['pretrain', '--config', 'configs/shakespeare_gpt_clm.py:tiny',
-                   '--config.data.name=tfds:tiny_shakespeare', '--workdir', str(tmp_path),
+                   '--config.data.name=tfds:tiny_shakespeare', '--workdir', str(workdir),
                    '--no-progress'])
   assert code != 0
   err = capsys.readouterr().err
-  assert f'is not prepared in {catalogue.resolve_data_dir()}' in err
+  assert f'is not prepared in {data_dir}' in err
   assert 'tfds build tiny_shakespeare --file_format=array_record' in err
-  assert not list(tmp_path.iterdir())
+  assert not workdir.exists() or not list(workdir.iterdir())
 
 
 def test_names_and_features_are_checked_without_the_data(tmp_path):
