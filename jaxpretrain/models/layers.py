@@ -98,12 +98,17 @@ def add_bias(x_NxV: jax.Array, bias_V: jax.Array) -> jax.Array:
 
 
 def _add_bias_forward(x_NxV, bias_V):
-  return x_NxV + bias_V, x_NxV.shape
+  return x_NxV + bias_V, ()
 
 
-def _add_bias_backward(shape, g_NxV):
-  rows_N = jnp.ones((g_NxV.size // shape[-1],), g_NxV.dtype)
-  return g_NxV, rows_N @ g_NxV.reshape(-1, shape[-1])
+def _sum_rows(g_NxF: jax.Array) -> jax.Array:
+  """The sum over all leading axes, as a product with a vector of ones (see `add_bias`)."""
+  f = g_NxF.shape[-1]
+  return jnp.ones((g_NxF.size // f,), g_NxF.dtype) @ g_NxF.reshape(-1, f)
+
+
+def _add_bias_backward(_, g_NxV):
+  return g_NxV, _sum_rows(g_NxV)
 
 
 add_bias.defvjp(_add_bias_forward, _add_bias_backward)
@@ -128,8 +133,7 @@ def _dense_backward(residuals, g_NxF):
   d, f = kernel_DxF.shape
   g_x = jnp.einsum('...f,df->...d', g_NxF, kernel_DxF)
   g_kernel = jnp.einsum('nd,nf->df', x_NxD.reshape(-1, d), g_NxF.reshape(-1, f))
-  g_bias = jnp.ones((g_NxF.size // f,), g_NxF.dtype) @ g_NxF.reshape(-1, f)
-  return g_x, g_kernel, g_bias
+  return g_x, g_kernel, _sum_rows(g_NxF)
 
 
 dense.defvjp(_dense_forward, _dense_backward)
