@@ -46,12 +46,14 @@ all cores by default. Per framework and workload:
 operation; `--breakdown` times variants of the JAX step against the default:
 the stock Flax/JAX form of each of jaxpretrain's fast layers
 (`jaxpretrain.models.layers`: dense, dropout, tied projection, bias; the
-accuracy metric without argmax), other PRNGs and XLA flags. Each prints a
+vocabulary projection fused with the loss, `jaxpretrain.models.vocab_loss`;
+the accuracy metric without argmax), other PRNGs and XLA flags. Each prints a
 Markdown table for BENCHMARKS.md.
 """
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -114,6 +116,7 @@ def _stock_pieces() -> dict[str, tuple[Any, str, Any]]:
   from jaxpretrain.models import transformer
   from jaxpretrain.objectives import language
   return {
+      'loss': (language, '_predict', functools.partial(language._predict, fused=False)),
       'dense': (transformer, '_dense', _stock_dense),
       'dropout': (transformer, 'Dropout', nn.Dropout),
       'projection': (transformer, 'tied_logits', lambda x, table: x @ table.T),
@@ -123,12 +126,14 @@ def _stock_pieces() -> dict[str, tuple[Any, str, Any]]:
   }
 
 
-STOCK = ('dense', 'dropout', 'projection', 'bias', 'accuracy')
+STOCK = ('loss', 'dense', 'dropout', 'projection', 'bias', 'accuracy')
 _YNN_DOTS = '--xla_cpu_experimental_ynn_fusion_type=dot'
 VARIANTS = {
     'default': Variant('as shipped: threefry2x32 PRNG, XLA defaults'),
-    'all_stock': Variant('all five stock pieces below (the step before these layers)',
+    'all_stock': Variant('all six stock pieces below (the step before these layers)',
                          stock=STOCK),
+    'stock_loss': Variant('the (N, V) logits materialised, their loss by autodiff '
+                          '(no fused projection)', stock=('loss',)),
     'stock_dense': Variant('flax.linen.Dense (autodiff backward) for every dense layer',
                            stock=('dense',)),
     'stock_dropout': Variant('flax.linen.Dropout (a 32-bit float per element)',

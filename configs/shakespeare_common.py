@@ -31,9 +31,9 @@ def transformer(preset, variant):
   return t
 
 
-def lm_schedule(c, variant, *, steps):
+def lm_schedule(c, variant, *, steps, lr=5e-4):
   """The language-model pre-training schedule both MLM and CLM use: `steps` AdamW steps."""
-  c.optimizer.lr = 5e-4
+  c.optimizer.lr = lr
   c.optimizer.weight_decay = 0.01
   c.optimizer.warmup_steps = 200
   c.train.steps = steps

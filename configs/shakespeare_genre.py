@@ -16,7 +16,9 @@ common = import_file(pathlib.Path(__file__).with_name('shakespeare_common.py'))
 def get_config(variant=None):
   c = run_config()
   c.data = common.data('shakespeare_genre', variant, seq_len=128, task='classification')
-  c.model = dict(name='text_classifier', num_classes=6, pooling='first', dropout=0.1,
+  # Masked LM trains no [CLS] summary (there is no next-sentence task), so the head
+  # reads the mean of the real tokens' states.
+  c.model = dict(name='text_classifier', num_classes=6, pooling='mean', dropout=0.1,
                  transformer=common.transformer('bert_mini', variant))
   c.objective = dict(name='classification')
   c.optimizer.lr = 1e-4

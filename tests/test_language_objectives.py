@@ -77,12 +77,14 @@ def test_masked_lm_trains_and_predicts_only_at_masked_positions():
 
   def spy(variables, inputs, **kw):
     out = state.apply_fn(variables, inputs, **kw)
-    captured['logits'] = out['logits'].shape
+    captured['targets'] = inputs['targets'].shape
+    captured['hits'] = out['hits'].shape  # The head's loss, fused with the projection.
     return out
 
   loss, metrics = objective(spy, state.all_params(), _mlm_batch(), jax.random.PRNGKey(0),
                             train=False)
-  assert captured['logits'] == (4, 5, VOCAB)  # M = ceil(0.15 * 24) + 1 slots, not 24
+  # M = ceil(0.15 * 24) + 1 slots, not 24.
+  assert captured['targets'] == captured['hits'] == (4, 5)
   assert np.isfinite(loss) and abs(float(loss) - np.log(VOCAB)) < 1.0
   step = jax.jit(make_train_step(objective))
   for _ in range(40):  # one batch, masked afresh each step: the model learns its tokens

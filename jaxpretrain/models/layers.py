@@ -78,14 +78,20 @@ def _tied_logits_forward(x_NxD, table_VxD):
   return tied_logits(x_NxD, table_VxD), (x_NxD, table_VxD)
 
 
+def table_gradient(x_NxD: jax.Array, g_NxV: jax.Array) -> jax.Array:
+  """The (V, D) gradient `g.T @ x` of a table projected as `x @ table.T`, over all leading axes.
+
+  Computed as `(x.T @ g).T`, contracting the rows of both with `g` read as laid
+  out, so that XLA:CPU makes no transposed copy of the (N, V) gradient.
+  """
+  d, v = x_NxD.shape[-1], g_NxV.shape[-1]
+  return jnp.einsum('nd,nv->dv', x_NxD.reshape(-1, d), g_NxV.reshape(-1, v)).T
+
+
 def _tied_logits_backward(residuals, g_NxV):
   x_NxD, table_VxD = residuals
   g_x = jnp.einsum('...v,vd->...d', g_NxV, table_VxD)
-  d = x_NxD.shape[-1]
-  # (x.T @ g).T: contracted over the rows of both, with `g` read as laid out.
-  g_table = jnp.einsum('nd,nv->dv', x_NxD.reshape(-1, d),
-                       g_NxV.reshape(-1, g_NxV.shape[-1])).T
-  return g_x, g_table.astype(table_VxD.dtype)
+  return g_x, table_gradient(x_NxD, g_NxV).astype(table_VxD.dtype)
 
 
 tied_logits.defvjp(_tied_logits_forward, _tied_logits_backward)
@@ -101,14 +107,14 @@ def _add_bias_forward(x_NxV, bias_V):
   return x_NxV + bias_V, ()
 
 
-def _sum_rows(g_NxF: jax.Array) -> jax.Array:
+def sum_rows(g_NxF: jax.Array) -> jax.Array:
   """The sum over all leading axes, as a product with a vector of ones (see `add_bias`)."""
   f = g_NxF.shape[-1]
   return jnp.ones((g_NxF.size // f,), g_NxF.dtype) @ g_NxF.reshape(-1, f)
 
 
 def _add_bias_backward(_, g_NxV):
-  return g_NxV, _sum_rows(g_NxV)
+  return g_NxV, sum_rows(g_NxV)
 
 
 add_bias.defvjp(_add_bias_forward, _add_bias_backward)
@@ -133,7 +139,7 @@ def _dense_backward(residuals, g_NxF):
   d, f = kernel_DxF.shape
   g_x = jnp.einsum('...f,df->...d', g_NxF, kernel_DxF)
   g_kernel = jnp.einsum('nd,nf->df', x_NxD.reshape(-1, d), g_NxF.reshape(-1, f))
-  return g_x, g_kernel, _sum_rows(g_NxF)
+  return g_x, g_kernel, sum_rows(g_NxF)
 
 
 dense.defvjp(_dense_forward, _dense_backward)

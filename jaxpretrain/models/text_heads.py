@@ -3,8 +3,9 @@
 Every model keeps its backbone under `encoder/...` (a causal decoder too, so one
 grafting rule fits every family) and its task layers under `head/...`. Each
 returns the backbone's outputs (`hidden_states` (B, L, D), `features`, and
-`pooled` when the config has a pooler) with `logits` added; `features` is what
-the model's head reads.
+`pooled` when the config has a pooler) with `logits` added (or, for the
+language models given targets, their loss); `features` is what the model's head
+reads.
 """
 
 from typing import Any
@@ -23,7 +24,8 @@ class BertForMaskedLM(nn.Module):
 
   When the batch carries `masked_positions` (B, M) int32, only those positions
   are projected onto the vocabulary: `logits` (B, M, V). Otherwise `logits`
-  are (B, L, V).
+  are (B, L, V). With `targets` and `target_weights` (B, M) as well, the model
+  returns their cross-entropy as `nll_sum` and `hits` instead (see `LMHead`).
   """
   config: TransformerConfig
 
@@ -35,11 +37,16 @@ class BertForMaskedLM(nn.Module):
     if 'masked_positions' in batch:
       # Gather before the head: the vocabulary projection dominates the cost.
       x = jnp.take_along_axis(x, batch['masked_positions'][..., None], axis=1)
-    return {**out, 'logits': LMHead(self.config, name='head')(x, encoder.attend)}
+    head = LMHead(self.config, name='head')
+    return {**out, **head(x, encoder, batch.get('targets'), batch.get('target_weights'))}
 
 
 class GPTForCausalLM(nn.Module):
-  """A causal decoder with a language-model head: `logits` (B, L, V) predict the next token."""
+  """A causal decoder with a language-model head: `logits` (B, L, V) predict the next token.
+
+  With `targets` and `target_weights` (B, L) in the batch, the model returns
+  their cross-entropy as `nll_sum` and `hits` instead of `logits` (see `LMHead`).
+  """
   config: TransformerConfig
 
   @nn.compact
@@ -47,7 +54,8 @@ class GPTForCausalLM(nn.Module):
     encoder = Transformer(self.config, name='encoder')
     out = encoder(batch, train=train)
     head = LMHead(self.config, transform=False, name='head')
-    return {**out, 'logits': head(out['hidden_states'], encoder.attend)}
+    return {**out, **head(out['hidden_states'], encoder, batch.get('targets'),
+                          batch.get('target_weights'))}
 
 
 def _sequence_features(out: dict[str, jax.Array], batch: dict[str, Any],

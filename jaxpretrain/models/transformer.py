@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from jaxpretrain.errors import ConfigError
 from jaxpretrain.models.layers import Dense, Dropout, add_bias, tied_logits
+from jaxpretrain.models.vocab_loss import projected_nll
 
 _ACTIVATIONS = {
     'gelu': lambda x: nn.gelu(x, approximate=False),  # BERT: exact, with erf
@@ -306,9 +307,12 @@ class Embeddings(nn.Module):
       x_BxLxD = self.layer_norm(x_BxLxD)
     return self.dropout(x_BxLxD, deterministic=not train)
 
+  def table(self) -> jax.Array:
+    """The (V, D) word embeddings in the compute dtype."""
+    return jnp.asarray(self.word_embeddings.embedding, self.config.dtype)
+
   def attend(self, x_BxLxD: jax.Array) -> jax.Array:
-    table_VxD = jnp.asarray(self.word_embeddings.embedding, self.config.dtype)
-    return tied_logits(x_BxLxD.astype(self.config.dtype), table_VxD)
+    return tied_logits(x_BxLxD.astype(self.config.dtype), self.table())
 
 
 class _Pooler(nn.Module):
@@ -390,6 +394,10 @@ class Transformer(nn.Module):
     """Logits over the vocabulary with the tied word embeddings: `x @ E.T`."""
     return self.embeddings.attend(x_BxLxD)
 
+  def word_table(self) -> jax.Array:
+    """The (V, D) word embeddings, for a tied output projection."""
+    return self.embeddings.table()
+
   def _decode_cache(self, attention_mask_BxL: jax.Array,
                     batch: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
     """Cache index of this call's first token, and its (B, 1, L, T) mask over the cache.
@@ -423,27 +431,38 @@ class Transformer(nn.Module):
 
 
 class LMHead(nn.Module):
-  """Hidden states to vocabulary logits.
+  """Hidden states to vocabulary logits, or straight to their cross-entropy.
 
   With `transform` (the BERT family's masked-LM head): dense, activation and
   LayerNorm first, and a bias on the logits; without it (GPT-2) the bare
-  projection. The projection is `attend` (the tied word embeddings) when the
+  projection. The projection is the encoder's tied word embeddings when the
   config ties them, else a dense `decoder` without bias.
+
+  Returns `{'logits': (B, L, V)}`; given `targets` and `weights` (B, L) and
+  tied embeddings, `{'nll_sum', 'hits'}` of `projected_nll` instead, which
+  never materialises the logits.
   """
   config: TransformerConfig
   transform: bool = True
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, attend: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, encoder: 'Transformer',
+               targets_BxL: jax.Array | None = None,
+               weights_BxL: jax.Array | None = None) -> dict[str, jax.Array]:
     cfg = self.config
     if self.transform:
       x_BxLxD = _ACTIVATIONS[cfg.activation](_dense(cfg, cfg.hidden_size, 'dense')(x_BxLxD))
       x_BxLxD = _layer_norm(cfg, 'layer_norm')(x_BxLxD)
+    bias_V = (self.param('bias', nn.initializers.zeros, (cfg.vocab_size,))
+              if self.transform else None)
+    if targets_BxL is not None and cfg.tie_word_embeddings:
+      nll_sum, hits_BxL = projected_nll(x_BxLxD.astype(cfg.dtype), encoder.word_table(), bias_V,
+                                        targets_BxL, weights_BxL)
+      return {'nll_sum': nll_sum, 'hits': hits_BxL}
     if cfg.tie_word_embeddings:
-      logits_BxLxV = attend(x_BxLxD)
+      logits_BxLxV = encoder.attend(x_BxLxD)
     else:
       logits_BxLxV = _dense(cfg, cfg.vocab_size, 'decoder', use_bias=False)(x_BxLxD)
-    if self.transform:
-      logits_BxLxV = add_bias(logits_BxLxV,
-                              self.param('bias', nn.initializers.zeros, (cfg.vocab_size,)))
-    return logits_BxLxV
+    if bias_V is not None:
+      logits_BxLxV = add_bias(logits_BxLxV, bias_V)
+    return {'logits': logits_BxLxV}

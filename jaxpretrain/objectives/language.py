@@ -125,16 +125,28 @@ def _split_teacher(params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
 
 
 def _predict(task: TokenTask, apply_fn: ApplyFn, params: Any, batch: Batch, rng: jax.Array, *,
-             model_state: Any, train: bool):
-  """Runs the task's inputs through the model: inputs, logits, targets, weights, hard metrics."""
+             model_state: Any, train: bool, fused: bool = True):
+  """Runs the task's inputs through the model: inputs, logits, targets, weights, hard metrics.
+
+  With `fused`, the model is handed the targets too; a model that then returns
+  their cross-entropy (`nll_sum`, `hits`: the LM heads) never materialises the
+  logits, and `logits` comes back as None.
+  """
   prep_rng, model_rng = jax.random.split(rng)
   inputs, targets_BxN, weights_BxN = task.prepare(batch, prep_rng)
-  outputs, metrics = call_model(apply_fn, params, inputs, model_rng, model_state=model_state,
-                                train=train)
-  logits_BxNxV = outputs['logits'].astype(jnp.float32)
-  nll = mean_over(optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV, targets_BxN),
-                  weights_BxN)
-  hits_BxN = top1_hits(logits=jax.lax.stop_gradient(logits_BxNxV), labels=targets_BxN)
+  model_inputs = ({**inputs, 'targets': targets_BxN, 'target_weights': weights_BxN}
+                  if fused else inputs)
+  outputs, metrics = call_model(apply_fn, params, model_inputs, model_rng,
+                                model_state=model_state, train=train)
+  if 'nll_sum' in outputs:
+    logits_BxNxV = None
+    nll = outputs['nll_sum'] / jnp.maximum(jnp.sum(weights_BxN), 1.0)
+    hits_BxN = jax.lax.stop_gradient(outputs['hits'])
+  else:
+    logits_BxNxV = outputs['logits'].astype(jnp.float32)
+    nll = mean_over(optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV, targets_BxN),
+                    weights_BxN)
+    hits_BxN = top1_hits(logits=jax.lax.stop_gradient(logits_BxNxV), labels=targets_BxN)
   metrics = {**metrics, 'accuracy': mean_over(hits_BxN, weights_BxN),
              'tokens': jnp.sum(weights_BxN)}
   return inputs, logits_BxNxV, weights_BxN, nll, metrics
@@ -202,8 +214,10 @@ def distillation(task: TokenTask, teacher_apply_fn: ApplyFn, *, temperature: flo
 
   def objective(apply_fn, params, batch, rng, *, model_state=None, train=True):
     student_params, teacher_params = _split_teacher(params)
+    # The soft loss needs the student's logits.
     inputs, logits_BxNxV, weights_BxN, hard, metrics = _predict(
-        task, apply_fn, student_params, batch, rng, model_state=model_state, train=train)
+        task, apply_fn, student_params, batch, rng, model_state=model_state, train=train,
+        fused=False)
     teacher = teacher_apply_fn({'params': jax.lax.stop_gradient(teacher_params)}, inputs,
                                train=False)
     soft = mean_over(soft_cross_entropy(logits_BxNxV, teacher['logits'], temperature),
