@@ -11,6 +11,7 @@ import pytest
 from jaxpretrain import finetune, objectives
 from jaxpretrain.models import PRESETS, BertForMaskedLM, GPTForCausalLM
 from jaxpretrain.models.vocab_loss import chunk_length, projected_nll
+from tests.helpers import assert_trees_close, run_mesh, run_pmap, run_single, to_numpy
 
 B, N, D, V = 3, 7, 16, 50
 
@@ -93,3 +94,17 @@ def test_language_models_give_the_same_loss_and_gradient_fused_or_from_logits(fa
   np.testing.assert_allclose(metrics['accuracy'], metrics0['accuracy'])
   for g, g0 in zip(jax.tree.leaves(grads), jax.tree.leaves(grads0)):
     np.testing.assert_allclose(g, g0, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_causal_lm_trains_alike_on_one_device_a_mesh_and_pmap():
+  rng = np.random.default_rng(1)
+  batches = [{'input_ids': rng.integers(4, 61, (8, 16)).astype(np.int32),
+              'attention_mask': np.ones((8, 16), np.int32)} for _ in range(3)]
+  model = GPTForCausalLM(dataclasses.replace(PRESETS['gpt2_tiny'], **TINY))
+  init = to_numpy(finetune.create_state(model, finetune.identity(), tx=optax.adamw(1e-2),
+                                        rng=jax.random.PRNGKey(0), example_batch=batches[0]))
+  results = [run(init, batches, objectives.causal_lm()) for run in (run_single, run_mesh, run_pmap)]
+  (ref_state, ref_metrics), *others = results
+  for state, metrics in others:
+    assert_trees_close(ref_state.params, state.params, atol=2e-5)
+    np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], rtol=1e-5)
