@@ -148,8 +148,10 @@ def _splits(config: Config, tokenizer: Any = None
     train_idx, val_idx = data_lib.labelled_subset(
         train, cfg.labelled_per_class, seed=cfg.get('subset_seed', 0),
         validation_per_class=cfg.get('validation_per_class', 0))
-    validation = data_lib.subset(train, val_idx) if len(val_idx) else None
-    return data_lib.subset(train, train_idx), validation
+    if len(val_idx):
+      return data_lib.subset(train, train_idx), data_lib.subset(train, val_idx)
+    # No labels held out of the subset: the validation split, if any, validates it.
+    train = data_lib.subset(train, train_idx)
   if cfg.get('validation_split'):
     return train, _source(cfg, cfg.validation_split, tokenizer)
   return train, None
