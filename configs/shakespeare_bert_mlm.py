@@ -16,6 +16,6 @@ def get_config(variant=None):
   c.data = common.data('shakespeare_mlm', variant, seq_len=128, task='mlm')
   c.model = dict(name='bert_mlm', transformer=common.transformer('bert_mini', variant))
   c.objective = dict(name='masked_lm', rate=0.15)
-  # Post-LayerNorm BERT leaves the unigram plateau of masked LM much sooner at 1e-3
-  # than at GPT's 5e-4.
+  # Post-LayerNorm BERT's masked-LM loss falls a little faster at 1e-3 than at GPT's
+  # 5e-4 (validation 5.93 against 5.98 at step 500, 5.74 against 5.76 at 2,000).
   return common.lm_schedule(c, variant, steps=2000, lr=1e-3)

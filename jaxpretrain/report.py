@@ -57,9 +57,13 @@ def _budget(config: Any, units: str) -> str:
   """What both classifiers learn from and share, in the config's own words."""
   ftc = config.finetune
   data = ftc.data
-  if data.get('labelled_per_class', 0):
+  if data.get('labelled_per_class', 0) and data.get('validation_per_class', 0):
     labelled = (f'Labelled data: {data.labelled_per_class} training + '
                 f'{data.validation_per_class} validation {units} per class')
+  elif data.get('labelled_per_class', 0):
+    labelled = (f'Labelled data: {data.labelled_per_class} training {units} per class of the '
+                f'`{data.train_split}` split, with those of `{data.validation_split}` to '
+                'choose on')
   else:
     labelled = (f'Labelled data: the {units} of the `{data.train_split}` split, with those of '
                 f'`{data.validation_split}` to choose on')

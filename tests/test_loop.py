@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpretrain import checkpoint, cli, config as config_lib, loop
+from jaxpretrain import checkpoint, cli, config as config_lib, loop, report
 from jaxpretrain.errors import ConfigError
 
 PRETRAIN = 'configs/fashion_mnist_pretrain.py:tiny'
@@ -104,6 +104,15 @@ def test_labelled_subset_is_validated_on_held_out_labels_or_else_the_validation_
   np.testing.assert_array_equal(np.bincount(labels), [4] * 10)
 
 
+def test_report_says_where_a_labelled_subset_is_validated():
+  recipe = config_lib.load('configs/fashion_mnist_recipe.py:tiny')
+  assert '4 training + 2 validation images per class' in report._budget(recipe, 'images')
+  recipe.finetune.data.validation_per_class = 0
+  recipe.finetune.data.validation_split = 'test[:30]'
+  assert ('4 training images per class of the `train` split, with those of `test[:30]`'
+          in report._budget(recipe, 'images'))
+
+
 def test_lora_finetune_resumes_bitwise_and_its_manifest_names_source_and_chain(tmp_path):
   loop.train(_config(PRETRAIN), tmp_path / 'pre', progress=False)
   config = _config(FINETUNE, f'finetune.pretrained={tmp_path / "pre"}', 'finetune.lora.rank=2',
@@ -130,10 +139,10 @@ def test_lora_finetune_resumes_bitwise_and_its_manifest_names_source_and_chain(t
 def test_recipe_writes_report_with_both_accuracies(tmp_path):
   assert cli.main(['recipe', '--config', 'configs/fashion_mnist_recipe.py:tiny',
                    '--workdir', str(tmp_path), '--no-progress']) == 0
-  report = (tmp_path / 'report.md').read_text()
-  assert 'fine-tuned from pre-training' in report and 'from scratch' in report
+  written = (tmp_path / 'report.md').read_text()
+  assert 'fine-tuned from pre-training' in written and 'from scratch' in written
   assert (tmp_path / 'curves.png').stat().st_size > 1000
-  assert '| finetune/lr=0.0003 (chosen) |' in report and '| scratch/lr=0.001 (chosen) |' in report
+  assert '| finetune/lr=0.0003 (chosen) |' in written and '| scratch/lr=0.001 (chosen) |' in written
   for run in ('pretrain', 'finetune/lr=0.0003', 'scratch/lr=0.001'):
     assert (tmp_path / run / 'metrics.jsonl').exists()
   probe = checkpoint.read_manifest(tmp_path / 'probe')['finetune']
@@ -141,5 +150,5 @@ def test_recipe_writes_report_with_both_accuracies(tmp_path):
   chain = checkpoint.read_manifest(tmp_path / 'finetune/lr=0.0003')['finetune']
   assert [t['name'] for t in chain] == ['from_pretrained']
   assert chain[0]['source'].endswith('probe') and chain[0]['select'] == '.*'
-  assert 'linear probe' in report
+  assert 'linear probe' in written
   assert checkpoint.read_manifest(tmp_path / 'scratch/lr=0.001')['finetune'] == []
