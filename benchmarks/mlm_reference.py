@@ -15,7 +15,6 @@ not to jaxpretrain. Prints a Markdown table.
 """
 
 import argparse
-import dataclasses
 import math
 import pathlib
 import platform
@@ -24,19 +23,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpretrain import build, config as config_lib, finetune, objectives
-from jaxpretrain.data import text_runs, tokenizers
+from jaxpretrain import build, config as config_lib, finetune, loop, objectives
+from jaxpretrain.data import text_runs
 from jaxpretrain.data.pipeline import eval_batches, train_loader
-from jaxpretrain.models import PRESETS, BertForMaskedLM
 from jaxpretrain.step import make_train_step
 
 CONFIG = 'configs/shakespeare_bert_mlm.py'
 
 
-def _task(tokenizer) -> objectives.TokenTask:
-  ids = tokenizers.special_ids(tokenizer)
-  return objectives.mlm_task(mask_id=ids['mask'], vocab_size=tokenizer.get_vocab_size(),
-                             special_ids=sorted(ids.values()))
+def _task(cfg, tokenizer) -> objectives.TokenTask:
+  """The masking of the run's objective, to mask PyTorch's batches and the validation plays."""
+  return objectives.mlm_task(rate=cfg.objective.rate,
+                             **build.token_kwargs('masked_lm', tokenizer))
 
 
 def _masked(task, batch, key):
@@ -58,14 +56,11 @@ class JaxSide:
   """jaxpretrain's BERT-mini, trained by `make_train_step` as a pre-training run does."""
 
   def __init__(self, cfg, tokenizer, example):
-    ids = tokenizers.special_ids(tokenizer)
-    model_cfg = dataclasses.replace(PRESETS['bert_mini'], vocab_size=tokenizer.get_vocab_size(),
-                                    pad_token_id=ids.get('pad', 0))
-    self.model = BertForMaskedLM(model_cfg)
+    self.model = build.model(cfg.model)
     tx = build.optimizer(cfg.optimizer, cfg.train.steps)
     self.state = finetune.create_state(self.model, finetune.identity(), tx=tx,
                                        rng=jax.random.PRNGKey(cfg.seed), example_batch=example)
-    objective = objectives.token_objective(_task(tokenizer))
+    objective = build.objective(cfg.objective, tokenizer=tokenizer)
     self.step = jax.jit(make_train_step(objective), donate_argnums=0)
     self.score = jax.jit(lambda params, batch: self.model.apply(
         {'params': params}, batch, train=False))
@@ -83,20 +78,19 @@ class JaxSide:
 class TorchSide:
   """Hugging Face's BertForMaskedLM of the same shape, with the same optimizer and schedule."""
 
-  def __init__(self, cfg, tokenizer, threads: int):
+  def __init__(self, cfg, shape, threads: int):
+    """`shape`: the `TransformerConfig` of the JAX model, copied."""
     import torch
     import transformers
     self.torch = torch
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
-    preset = PRESETS['bert_mini']
     self.model = transformers.BertForMaskedLM(transformers.BertConfig(
-        vocab_size=tokenizer.get_vocab_size(), hidden_size=preset.hidden_size,
-        num_hidden_layers=preset.num_layers, num_attention_heads=preset.num_heads,
-        intermediate_size=preset.intermediate_size, hidden_dropout_prob=preset.dropout,
-        attention_probs_dropout_prob=preset.attention_dropout,
-        max_position_embeddings=preset.max_position_embeddings,
-        pad_token_id=tokenizers.special_ids(tokenizer).get('pad', 0)))
+        vocab_size=shape.vocab_size, hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_heads,
+        intermediate_size=shape.intermediate_size, hidden_dropout_prob=shape.dropout,
+        attention_probs_dropout_prob=shape.attention_dropout,
+        max_position_embeddings=shape.max_position_embeddings, pad_token_id=shape.pad_token_id))
     opt = cfg.optimizer
     self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr,
                                        weight_decay=opt.weight_decay)
@@ -134,10 +128,10 @@ class TorchSide:
 
 
 def main(steps: int, every: int, workdir: pathlib.Path, threads: int) -> str:
-  cfg = config_lib.load(CONFIG)
-  tokenizer = text_runs.run_tokenizer(cfg.data, workdir)
+  # The run's tokenizer, and the model sized to it, as `jaxpretrain pretrain` makes them.
+  cfg, tokenizer = loop.with_tokenizer(config_lib.load(CONFIG), workdir)
   train = text_runs.text_source(cfg.data, cfg.data.train_split, tokenizer)
-  task = _task(tokenizer)
+  task = _task(cfg, tokenizer)
   val_key = jax.random.PRNGKey(1)
   validation = [_masked(task, batch, jax.random.fold_in(val_key, j)) for j, batch in enumerate(
       eval_batches(text_runs.text_source(cfg.data, cfg.data.validation_split, tokenizer),
@@ -147,7 +141,8 @@ def main(steps: int, every: int, workdir: pathlib.Path, threads: int) -> str:
   masked = sum(float(w.sum()) for _, _, w, _ in validation)
   loader = train_loader(train, batch_size=cfg.data.batch_size, seed=cfg.seed)
   first = next(loader)
-  jax_side, torch_side = JaxSide(cfg, tokenizer, first), TorchSide(cfg, tokenizer, threads)
+  jax_side = JaxSide(cfg, tokenizer, first)
+  torch_side = TorchSide(cfg, jax_side.model.config, threads)
   mask_key = jax.random.PRNGKey(2)
   lines = ['| step | JAX train loss | PyTorch train loss | JAX validation loss (right) | '
            'PyTorch validation loss (right) |', '|---|---|---|---|---|']

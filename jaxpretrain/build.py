@@ -97,7 +97,7 @@ def _distillation(*, task: str, teacher: str = '', temperature: float = 2.0, alp
   if not teacher:
     raise ConfigError(f'the distillation objective has no teacher: {_TEACHER_HINT}.')
   token_task = _pick(TASKS, task, 'distillation task')(**task_kwargs,
-                                                        **_token_kwargs(task, tokenizer))
+                                                        **token_kwargs(task, tokenizer))
   module = _teacher_model(teacher)
   if not isinstance(module, _TEACHER_MODELS[task]):
     raise ConfigError(f'teacher {teacher!r} is a {type(module).__name__}, which does not predict '
@@ -117,7 +117,7 @@ OBJECTIVES: dict[str, Callable[..., objectives.Objective]] = {
 }
 
 
-def _token_kwargs(name: str, tokenizer: Any) -> dict[str, Any]:
+def token_kwargs(name: str, tokenizer: Any) -> dict[str, Any]:
   """What an objective needs to know of the run's tokenizer (masked LM: its special ids)."""
   if name == 'distillation':  # For its task's ids, and to check the teacher's vocabulary.
     return {'tokenizer': tokenizer}
@@ -152,7 +152,7 @@ def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any 
   """
   extra = {'teacher': teacher} if cfg.name == 'distillation' else {}
   obj = _pick(OBJECTIVES, cfg.name, 'objective')(**_kwargs(cfg), **extra,
-                                                  **_token_kwargs(cfg.name, tokenizer))
+                                                  **token_kwargs(cfg.name, tokenizer))
   if augment_cfg is not None and augment_cfg.get('name', 'none') != 'none':
     aug = _pick(AUGMENTS, augment_cfg.name, 'augmentation')(**_kwargs(augment_cfg))
     obj = objectives.with_augmentation(obj, aug)

@@ -125,7 +125,7 @@ def _source(cfg: Config, split: str, tokenizer: Any = None) -> data_lib.Source:
   return data_lib.in_memory(source) if cfg.get('in_memory', False) else source
 
 
-def _with_tokenizer(config: Config, workdir: pathlib.Path) -> tuple[Config, Any]:
+def with_tokenizer(config: Config, workdir: pathlib.Path) -> tuple[Config, Any]:
   """For a text dataset: the run's tokenizer, and the model sized to its vocabulary."""
   if not text_runs.is_text(config.data):
     return config, None
@@ -240,7 +240,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   start_time = time.time()
   workdir = pathlib.Path(workdir).expanduser().absolute()
   workdir.mkdir(parents=True, exist_ok=True)
-  config, tokenizer = _with_tokenizer(config, workdir)
+  config, tokenizer = with_tokenizer(config, workdir)
   train_src, val_src = _splits(config, tokenizer)
   cfg_t = config.train
   batch_size = config.data.batch_size
@@ -368,7 +368,7 @@ def restore_model(config: Config, workdir: str | pathlib.Path, *,
     `(model, params, tokenizer)`; the model is sized to the tokenizer's
     vocabulary, and the tokenizer is None for runs without text data.
   """
-  config, tokenizer = _with_tokenizer(config, pathlib.Path(workdir))
+  config, tokenizer = with_tokenizer(config, pathlib.Path(workdir))
   return build.model(config.model), checkpoint.restore_params(workdir, step=step), tokenizer
 
 
@@ -396,7 +396,7 @@ def evaluate_splits(config: Config, workdir: str | pathlib.Path, splits: Sequenc
                     step: checkpoint.StepSpec = 'best') -> dict[str, dict[str, float]]:
   """`evaluate` on several splits, restoring and compiling once: split → its metrics."""
   ft_cfg = _without_pretrained(config)
-  config, tokenizer = _with_tokenizer(config, pathlib.Path(workdir))
+  config, tokenizer = with_tokenizer(config, pathlib.Path(workdir))
   sources = {split: _source(config.data, split, tokenizer) for split in splits}
   first = next(iter(sources.values()))
   example = data_lib.load_split(data_lib.subset(first, np.arange(config.data.eval_batch_size)))

@@ -57,15 +57,13 @@ def _budget(config: Any, units: str) -> str:
   """What both classifiers learn from and share, in the config's own words."""
   ftc = config.finetune
   data = ftc.data
-  if data.get('labelled_per_class', 0) and data.get('validation_per_class', 0):
-    labelled = (f'Labelled data: {data.labelled_per_class} training + '
-                f'{data.validation_per_class} validation {units} per class')
-  elif data.get('labelled_per_class', 0):
-    labelled = (f'Labelled data: {data.labelled_per_class} training {units} per class of the '
-                f'`{data.train_split}` split, with those of `{data.validation_split}` to '
-                'choose on')
-  else:
-    labelled = (f'Labelled data: the {units} of the `{data.train_split}` split, with those of '
+  per_class = data.get('labelled_per_class', 0)
+  if per_class and data.get('validation_per_class', 0):
+    labelled = (f'Labelled data: {per_class} training + {data.validation_per_class} validation '
+                f'{units} per class')
+  else:  # Validated on a split of its own, as `loop` does then.
+    which = f'{per_class} training {units} per class' if per_class else f'the {units}'
+    labelled = (f'Labelled data: {which} of the `{data.train_split}` split, with those of '
                 f'`{data.validation_split}` to choose on')
   length = (f'{ftc.train.steps} steps' if ftc.train.get('steps', 0)
             else f'{ftc.train.epochs} epochs')
