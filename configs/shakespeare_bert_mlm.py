@@ -1,6 +1,7 @@
-"""BERT-mini masked-LM pre-training on the Shakespeare plays of the training split.
+"""BERT-mini masked-LM pre-training on the training text of the Shakespeare plays.
 
-A WordPiece tokenizer is trained on the same plays and saved in the work
+The training split holds eight of every play's ten sections (`data.split_by`);
+a WordPiece tokenizer is trained on the same text and saved in the work
 directory. `:tiny` for tests.
 """
 

@@ -6,13 +6,16 @@ import ml_collections
 def data(name, variant, *, seq_len, kind='wordpiece', task=''):
   """A text data section: the dataset, the task it feeds, its splits and the run's tokenizer.
 
+  The plays are split by `split_by`: 'section' holds one tenth of every play out
+  for validation and one for test, 'play' holds whole plays out (see
+  `jaxpretrain.data.text.split_documents`); every run of one recipe must split alike.
   `task` ('mlm', 'lm' or 'classification'; empty: the built-in dataset's own) stays
   when `name` is overridden with a TFDS text dataset, `tfds:<name>`, read from
   `data_dir` ($TFDS_DATA_DIR by default); `text_key` and `label_key` name its features.
   """
   d = ml_collections.ConfigDict(dict(
       name=name, task=task, text_key='text', label_key='label', train_split='train',
-      validation_split='validation', seq_len=seq_len, words=64,
+      validation_split='validation', split_by='section', seq_len=seq_len, words=64,
       labelled_per_class=0, validation_per_class=0, batch_size=32, eval_batch_size=64,
       in_memory=True, data_dir='', subset_seed=0,
       tokenizer=dict(kind=kind, vocab_size=8192, path='')))

@@ -2,8 +2,10 @@
 
 Set `finetune.pretrained` and `data.tokenizer.path` to a `shakespeare_bert_mlm`
 work directory to start from its encoder and tokenizer; leave `pretrained` empty
-to train the same classifier from scratch. Plays are split so that validation and
-test passages come from plays never seen in training. `:tiny` for tests.
+to train the same classifier from scratch. Validation and test passages come from
+held-out sections of every play (`data.split_by='section'`), never seen in
+pre-training or fine-tuning; `data.split_by='play'` holds out whole plays instead.
+Split the pre-training run alike. `:tiny` for tests.
 """
 
 import pathlib

@@ -1,7 +1,8 @@
-"""GPT-mini causal-LM pre-training on the Shakespeare plays of the training split.
+"""GPT-mini causal-LM pre-training on the training text of the Shakespeare plays.
 
-Plays are packed into rows of 256 tokens (a byte-level BPE tokenizer trained on
-the same plays); no token attends to, or predicts, another play. `:tiny` for tests.
+The text is packed into rows of 256 tokens (a byte-level BPE tokenizer trained on
+the same text); no token attends to, or predicts, another document (a play's run
+of training sections). `:tiny` for tests.
 """
 
 import pathlib

@@ -1,10 +1,11 @@
 """The text recipe: BERT-mini pre-trained on the Shakespeare plays, fine-tuned on their genres.
 
-Masked-LM pre-training on the training plays (no labels), then the "passage →
-play genre" classifier fine-tuned from it, against the same classifier trained
-from scratch with the same tokenizer (each with its own learning-rate grid,
-chosen on the validation plays), scored on the test plays. A GPT-mini is
-pre-trained the same way on the same plays, scored by held-out perplexity, and
+Masked-LM pre-training on the training text of the plays (no labels), then the
+"passage → play genre" classifier fine-tuned from it, against the same
+classifier trained from scratch with the same tokenizer (each with its own
+learning-rate grid, chosen on the validation sections), scored on the test
+sections: one tenth of every play each, never trained on. A GPT-mini is
+pre-trained the same way on the same text, scored by held-out perplexity, and
 continues `generate.prompt`. `:tiny` for tests.
 """
 
@@ -22,10 +23,11 @@ def _load(name, variant):
 def get_config(variant=None):
   c = ml_collections.ConfigDict()
   c.title = 'Shakespeare: pre-training on the plays, fine-tuning on their genres'
-  c.description = ('BERT-mini masked-LM pre-training on the text of the training plays, without '
+  c.description = ('BERT-mini masked-LM pre-training on the training text of the plays, without '
                    'labels, then a passage → play-genre classifier (six genres) fine-tuned from '
                    'it, against the same classifier trained from scratch. Validation and test '
-                   'passages come from plays that neither pre-training nor fine-tuning saw.')
+                   'passages come from one held-out tenth of every play each, text that neither '
+                   'pre-training nor fine-tuning saw.')
   c.units = 'passages'  # What a test example is, in the report's words.
   c.shared = "architecture, tokenizer (the pre-training run's), data and optimizer"
   c.test_split = 'test'

@@ -89,6 +89,18 @@ def _check_lm(config: Config) -> None:
                       f'{", ".join(_GENERATE_KEYS)}; missing: {", ".join(missing)}')
 
 
+def _check_splits(config: Config) -> None:
+  """Refuses runs that split one corpus differently, so no held-out text is pre-trained on."""
+  sections = [k for k in ('pretrain', 'finetune', 'lm') if k in config]
+  split_by = {k: config[k].data.get('split_by') for k in sections}
+  if len({v for v in split_by.values() if v is not None}) > 1:
+    given = ', '.join(f'{k}.data.split_by={v!r}' for k, v in split_by.items())
+    raise ConfigError(f'the recipe\'s runs split the corpus differently ({given}), so one '
+                      "run's held-out text could be another's training text; give them the "
+                      "same split_by, e.g. --config.pretrain.data.split_by=play "
+                      '--config.finetune.data.split_by=play --config.lm.data.split_by=play')
+
+
 def _sample(lm: Config, lm_dir: pathlib.Path, gen: Config) -> dict[str, Any]:
   """The language model's continuation of `gen.prompt`, in its own tokenizer's tokens."""
   model, params, tokenizer = loop.restore_model(lm, lm_dir, step='best')
@@ -125,6 +137,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
   """
   if 'lm' in config:
     _check_lm(config)
+  _check_splits(config)
   start = time.time()
   workdir = pathlib.Path(workdir).expanduser().absolute()
   timings = {}

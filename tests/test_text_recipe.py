@@ -46,7 +46,7 @@ def test_report_has_both_classifiers_perplexity_and_a_sample(recipe_run):
   for accuracy, f1, loss, _ in rows.values():
     assert 0.0 <= float(accuracy.rstrip('%')) <= 100.0 and 0.0 <= float(f1) <= 1.0
     assert math.isfinite(float(loss))
-  assert 'macro-F1** on 1859 test passages' in report
+  assert 'macro-F1** on 1210 test passages' in report
   prose = report[:report.index('## Configuration')]
   assert 'image' not in prose and 'augmentation' not in prose
   perplexity = _table_rows(report, ('validation (`validation`)', 'test (`test`)'))
@@ -135,5 +135,13 @@ def test_an_lm_section_that_cannot_generate_is_refused_before_training(tmp_path)
   with config.unlocked():
     del config.generate['top_k']
   with pytest.raises(ConfigError, match='needs a generate section.*missing: top_k'):
+    recipe.run(config, tmp_path, progress=False)
+  assert not list(tmp_path.iterdir())
+
+
+def test_runs_that_split_the_plays_differently_are_refused_before_training(tmp_path):
+  config = config_lib.override(config_lib.load(RECIPE), ['pretrain.data.split_by=play'])
+  with pytest.raises(ConfigError, match="pretrain.data.split_by='play', "
+                                        "finetune.data.split_by='section'.*same split_by"):
     recipe.run(config, tmp_path, progress=False)
   assert not list(tmp_path.iterdir())

@@ -9,13 +9,21 @@ act and scene headings, speaker names and stage directions (entrances, exits,
 `[Aside]`) are dropped: they name the play's characters on almost every line, so
 a genre classifier would learn those names rather than the language.
 
-Plays, not passages, are split into train / validation / test (`play_split`), so
-no play contributes to two splits:
+The text is split into train / validation / test before anything else
+(`split_documents`), in one of two ways:
 
-* pre-training uses the text of the train plays (`pretraining_texts`), without labels;
-* the labelled task "passage → its play's genre" (`genre_passages`) trains on
-  passages of the same train plays and is evaluated on passages of plays that
-  neither pre-training nor fine-tuning saw.
+* by section (the default): every play is cut into ten sections of about equal
+  length, and one of them is held out for validation, another for test
+  (`section_split`). Every split has text of all 38 plays, and the held-out
+  passages are many (about 1,200 each), so scores measure the model, not the
+  luck of which plays were held out;
+* by play (`play_split`): whole plays are held out, one per genre in each of
+  validation and test, for a model that must work on plays it has never seen.
+
+Either way, pre-training uses the text of the train split (`pretraining_texts`),
+without labels, and the labelled task "passage → its play's genre"
+(`genre_passages`) trains on passages of that same text and is evaluated on
+held-out text that neither pre-training nor fine-tuning saw.
 
 The catalogue (`data_source`) names TFDS builders; these datasets depend on a
 tokenizer trained by the caller, so they are functions returning `InMemory`
@@ -53,6 +61,10 @@ SPLITS = ('train', 'validation', 'test')
 # play each keeps every genre in every split, and the smallest genres (four plays)
 # still train on two.
 _HELD_OUT = ('test', 'validation')
+# How a split is drawn (`split_documents`): held-out sections of every play, or held-out plays.
+SPLIT_BY = ('section', 'play')
+# Sections per play when splitting by section: 8 train, 1 validation, 1 test.
+SECTIONS = 10
 
 _SPEAKER = re.compile(r'\*\*[^*]+\*\*')
 # A bracketed stage direction inside a speech, in any of the corpus's spellings:
@@ -200,13 +212,74 @@ def split_plays(split: str, seed: int = 0) -> list[Play]:
   return [p for p in shakespeare_plays() if p.title in titles]
 
 
-def pretraining_texts(split: str = 'train', seed: int = 0) -> list[str]:
-  """The pre-training corpus: the text of each play of a split, one document per play.
+def _sections(text: str, count: int) -> list[list[str]]:
+  """The lines of `text` cut into `count` consecutive runs of about equal word counts."""
+  lines = text.split('\n')
+  ends = np.cumsum([len(line.split()) for line in lines])
+  # Line i belongs to the section its last word falls in.
+  index = np.minimum(((ends - 1) * count) // max(int(ends[-1]), 1), count - 1)
+  return [[line for line, k in zip(lines, index) if k == section] for section in range(count)]
+
+
+def section_split(title: str, seed: int = 0) -> tuple[str, ...]:
+  """The split of each of the `SECTIONS` sections of one play, in the play's order.
+
+  A hash of `(seed, title)` picks the test section; the validation section lies
+  half a play away, so held-out text comes from the beginnings, middles and ends
+  of the plays alike.
+  """
+  test = int(_rank(seed, title), 16) % SECTIONS
+  validation = (test + SECTIONS // 2) % SECTIONS
+  return tuple('test' if k == test else 'validation' if k == validation else 'train'
+               for k in range(SECTIONS))
+
+
+def split_documents(split: str, *, by: str = 'section', seed: int = 0) -> list[Play]:
+  """The text of one split, as documents of consecutive lines of one play each.
+
+  Args:
+    split: `train`, `validation` or `test`.
+    by: `'section'` cuts every play into `SECTIONS` sections of about equal
+      length and holds one of each play out for validation and one for test
+      (`section_split`): every split has text of all 38 plays, and the held-out
+      text was never seen in training. `'play'` splits whole plays
+      (`play_split`): the held-out plays are new to the model, one per genre in
+      each held-out split.
+    seed: seed of the split.
+
+  Returns:
+    `Play(title, genre, text)` per document, in the order of `shakespeare_plays()`:
+    whole plays when `by='play'`; with `'section'`, each run of consecutive
+    sections of the split (a play has up to three training documents, split by
+    its held-out sections).
+  """
+  _check_split(split)
+  if by == 'play':
+    return split_plays(split, seed)
+  if by != 'section':
+    raise ConfigError(f"unknown split_by {by!r}; choose one of {', '.join(SPLIT_BY)}")
+  documents = []
+  for play in shakespeare_plays():
+    run = []
+    for lines, where in zip(_sections(play.text, SECTIONS), section_split(play.title, seed)):
+      if where == split:
+        run += lines
+      elif run:
+        documents.append(Play(play.title, play.genre, '\n'.join(run)))
+        run = []
+    if run:
+      documents.append(Play(play.title, play.genre, '\n'.join(run)))
+  return documents
+
+
+def pretraining_texts(split: str = 'train', *, by: str = 'section', seed: int = 0
+                      ) -> list[str]:
+  """The pre-training corpus: the text of a split (see `split_documents`), one string each.
 
   No labels are involved; the `validation` split gives held-out text for
-  perplexity, the `test` plays are kept for the genre task's test.
+  perplexity, the `test` split is kept for the genre task's test.
   """
-  return [p.text for p in split_plays(split, seed)]
+  return [d.text for d in split_documents(split, by=by, seed=seed)]
 
 
 def passages(text: str, words: int) -> list[str]:
@@ -227,13 +300,16 @@ def passages(text: str, words: int) -> list[str]:
   return out
 
 
-def genre_passages(split: str, *, words: int = 64, seed: int = 0) -> InMemory:
+def genre_passages(split: str, *, words: int = 64, by: str = 'section', seed: int = 0
+                   ) -> InMemory:
   """The labelled task: a passage of a play → the play's genre.
 
   Args:
-    split: `train`, `validation` or `test`, of the play split `play_split(seed)`.
+    split: `train`, `validation` or `test`, of `split_documents(split, by=by, seed=seed)`.
     words: passage length in words (whole lines, so a few more; see `passages`).
-    seed: seed of the play split.
+    by: `'section'` (held-out passages from held-out sections of every play) or
+      `'play'` (from held-out plays); see `split_documents`.
+    seed: seed of the split.
 
   Returns:
     An `InMemory` source with `text` (str), `label` (int64, an index into
@@ -243,7 +319,7 @@ def genre_passages(split: str, *, words: int = 64, seed: int = 0) -> InMemory:
     model with `tokenize_source`.
   """
   texts, labels, titles = [], [], []
-  for play in split_plays(split, seed):
+  for play in split_documents(split, by=by, seed=seed):
     chunks = passages(play.text, words)
     texts += chunks
     labels += [GENRES.index(play.genre)] * len(chunks)

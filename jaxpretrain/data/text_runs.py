@@ -69,14 +69,20 @@ def _documents(texts: list[str]) -> InMemory:
   return InMemory({'text': np.array(texts, dtype=object)})
 
 
+def _split_by(cfg: Config) -> str:
+  return cfg.get('split_by') or 'section'
+
+
+def _plays(split: str, cfg: Config) -> InMemory:
+  return _documents(text.pretraining_texts(split, by=_split_by(cfg)))
+
+
 TEXT_DATASETS: dict[str, TextDataset] = {
-    'shakespeare_mlm': TextDataset(
-        'mlm', lambda split, cfg: _documents(text.pretraining_texts(split))),
-    'shakespeare_lm': TextDataset(
-        'lm', lambda split, cfg: _documents(text.pretraining_texts(split))),
+    'shakespeare_mlm': TextDataset('mlm', _plays),
+    'shakespeare_lm': TextDataset('lm', _plays),
     'shakespeare_genre': TextDataset(
-        'classification',
-        lambda split, cfg: text.genre_passages(split, words=cfg.get('words', 64))),
+        'classification', lambda split, cfg: text.genre_passages(
+            split, words=cfg.get('words', 64), by=_split_by(cfg))),
 }
 
 
@@ -128,11 +134,11 @@ def _examples(cfg: Config, split: str) -> InMemory:
 def tokenizer_texts(cfg: Config) -> list[str]:
   """The texts a new tokenizer for this data section is trained on.
 
-  The training plays for the built-in datasets; the `train_split` texts of a TFDS
-  dataset.
+  The training text of the plays for the built-in datasets (split as
+  `split_by` says); the `train_split` texts of a TFDS dataset.
   """
   if cfg.name in TEXT_DATASETS:
-    return text.pretraining_texts('train')
+    return text.pretraining_texts('train', by=_split_by(cfg))
   return _texts(_examples(cfg, cfg.train_split))
 
 

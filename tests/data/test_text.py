@@ -9,6 +9,7 @@ import tokenizers as hf_tokenizers
 
 from jaxpretrain.data import pipeline, sources, text, tokenizers
 from jaxpretrain.data.errors import DatasetNotFoundError
+from jaxpretrain.errors import ConfigError
 
 # Three plays, one short comedy among them, keep tokenizer training under a second.
 _CORPUS_TITLES = ('The Comedy of Errors', 'Macbeth', 'Richard II')
@@ -86,20 +87,52 @@ def test_play_split_is_disjoint_complete_and_deterministic(plays):
     assert {genre[t] for t in split[s]} == set(text.GENRES), s
   assert text.play_split() == split
   assert text.play_split(seed=1) != split
-  assert text.pretraining_texts('validation') == [
+  assert text.pretraining_texts('validation', by='play') == [
       p.text for p in plays if p.title in split['validation']]
 
 
-def test_genre_passages_are_labelled_by_their_play_directory(plays):
-  split = text.play_split()
+def test_section_split_holds_out_a_tenth_of_every_play(plays):
+  documents = {s: text.split_documents(s) for s in text.SPLITS}
+  for s in ('validation', 'test'):
+    assert [d.title for d in documents[s]] == [p.title for p in plays]  # One section each.
+  for play in plays:
+    where = text.section_split(play.title)
+    assert where.count('test') == where.count('validation') == 1
+    assert abs(where.index('test') - where.index('validation')) == text.SECTIONS // 2
+    parts = {s: [d.text for d in documents[s] if d.title == play.title] for s in text.SPLITS}
+    # Train text is the play less its held-out sections: consecutive runs, in order.
+    lines = play.text.split('\n')
+    assert sum(len(t.split('\n')) for ts in parts.values() for t in ts) == len(lines)
+    held_out = [parts['validation'][0], parts['test'][0]]
+    for section in held_out:
+      assert section in play.text and len(section.split()) > 0.05 * len(play.text.split())
+    assert not any(h in t for h in held_out for t in parts['train'])
+    assert all(d.genre == play.genre for ds in documents.values() for d in ds
+               if d.title == play.title)
+  assert text.section_split('Macbeth', seed=0) == text.section_split('Macbeth')
+  assert [text.section_split(p.title, seed=1) for p in plays] != [
+      text.section_split(p.title) for p in plays]
+  assert text.pretraining_texts('test') == [d.text for d in documents['test']]
+
+
+def test_unknown_split_by_is_a_config_error():
+  with pytest.raises(ConfigError, match="unknown split_by 'act'; choose one of section, play"):
+    text.split_documents('train', by='act')
+
+
+@pytest.mark.parametrize('by', text.SPLIT_BY)
+def test_genre_passages_are_labelled_by_their_play_directory(plays, by):
+  documents = {s: text.split_documents(s, by=by) for s in text.SPLITS}
   by_title = {p.title: p for p in plays}
   for s in text.SPLITS:
-    arrays = text.genre_passages(s, words=64).arrays
-    assert set(arrays['play']) == set(split[s])  # Split by play: no leakage.
+    arrays = text.genre_passages(s, words=64, by=by).arrays
+    assert set(arrays['play']) == {d.title for d in documents[s]}
     assert set(arrays['label']) == set(range(len(text.GENRES)))
+    held_in = [d.text for d in documents[s]]
     for passage, label, title in list(zip(arrays['text'], arrays['label'], arrays['play']))[::97]:
       assert text.GENRES[label] == by_title[title].genre
-      assert len(passage.split()) >= 64 and passage in by_title[title].text
+      assert len(passage.split()) >= 64
+      assert any(passage in d for d in held_in)  # No passage crosses into another split.
 
 
 def test_passages_are_consecutive_whole_lines():
@@ -261,12 +294,12 @@ def test_lm_rows_feed_the_grain_loader(bpe, corpus):
 
 
 def test_genre_passages_feed_the_eval_pipeline(wordpiece):
-  passages = sources.subset(text.genre_passages('test'), np.arange(0, 1800, 100))
+  passages = sources.subset(text.genre_passages('test'), np.arange(0, 1200, 100))
   encoded = text.tokenize_source(wordpiece, passages, 64)
   assert sorted(encoded.arrays) == ['attention_mask', 'input_ids', 'label', 'token_type_ids']
   batches = list(pipeline.eval_batches(encoded, batch_size=8))
-  assert len(batches) == 3 and batches[-1]['input_ids'].shape == (8, 64)
+  assert len(batches) == 2 and batches[-1]['input_ids'].shape == (8, 64)
   np.testing.assert_array_equal(np.concatenate([b['mask'] for b in batches]),
-                                [1] * 18 + [0] * 6)
-  labels = np.concatenate([b['label'] for b in batches])[:18]
+                                [1] * 12 + [0] * 4)
+  labels = np.concatenate([b['label'] for b in batches])[:12]
   np.testing.assert_array_equal(labels, sources.read_all(passages)['label'])

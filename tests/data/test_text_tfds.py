@@ -19,9 +19,9 @@ _UNLABELLED = 20  # Passages in the unlabelled split of the genre dataset.
 class JaxpretrainTestPlayGenres(tfds.core.GeneratorBasedBuilder):
   """Shakespeare passages → genre, laid out as `imdb_reviews` is (train, test, unsupervised).
 
-  `train` holds the passages of the validation plays of `text.play_split()`, `test`
-  those of the test plays, so the records differ from the training plays that the
-  built-in datasets train their tokenizer on; `unsupervised` holds the first test
+  `train` holds the passages of the validation split of `text.split_documents`,
+  `test` those of the test split, so the records differ from the training text that
+  the built-in datasets train their tokenizer on; `unsupervised` holds the first test
   passages with the label -1, as TFDS marks unlabelled records.
   """
 
@@ -51,7 +51,7 @@ class JaxpretrainTestPlayGenres(tfds.core.GeneratorBasedBuilder):
 
 
 class JaxpretrainTestPlaysText(tfds.core.GeneratorBasedBuilder):
-  """One long text per split, as `tiny_shakespeare`: the validation plays, then the test plays."""
+  """One long text per split, as `tiny_shakespeare`: the validation text, then the test text."""
 
   VERSION = tfds.core.Version('1.0.0')
 
