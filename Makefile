@@ -22,8 +22,10 @@ text: install
 four-ways: install data
 	$(BIN)/python examples/finetune_four_ways.py --workdir runs/four_ways
 
+# Two pytest-xdist workers, one per core: while one compiles, the other computes. Each
+# module's tests stay on one worker (--dist loadscope), so its fixtures run once.
 test: install data
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n 2 --dist loadscope tests
 
 install: $(VENV)/.installed
 

@@ -1,8 +1,18 @@
 """Test set-up: 8 fake CPU devices, configured before any JAX computation."""
 
+import os
+import tempfile
+
+import filelock
 import jax
 
 jax.config.update('jax_num_cpu_devices', 8)
+# Many tests compile the same steps (the same tiny configs run single, meshed and pmapped,
+# resumed and not): one compilation cache for the whole run, shared by the pytest-xdist
+# workers through the environment, compiles each once.
+jax.config.update('jax_compilation_cache_dir', os.environ.setdefault(
+    'JAXPRETRAIN_TEST_XLA_CACHE', tempfile.mkdtemp(prefix='jaxpretrain-tests-xla-')))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -11,9 +21,18 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 @pytest.fixture(scope='session')
 def text_recipe_run(tmp_path_factory):
   """The tiny text recipe's work directory: BERT MLM (`pretrain/`), both genre classifiers
-  (`finetune/`, `scratch/`) and the GPT CLM (`lm/`), run once for every test that reads them."""
+  (`finetune/`, `scratch/`) and the GPT CLM (`lm/`), run once for every test that reads them.
+
+  Under pytest-xdist the workers share it: the first to need it runs the recipe while the
+  others wait on its lock."""
   from jaxpretrain import cli  # pylint: disable=g-import-not-at-top
-  workdir = tmp_path_factory.mktemp('shakespeare')
-  assert cli.main(['recipe', '--config', 'configs/shakespeare_recipe.py:tiny', '--workdir',
-                   str(workdir), '--no-progress']) == 0
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the workers' base directories share this parent
+  workdir, done = root / 'shakespeare', root / 'shakespeare.done'
+  with filelock.FileLock(root / 'shakespeare.lock'):
+    if not done.exists():
+      assert cli.main(['recipe', '--config', 'configs/shakespeare_recipe.py:tiny', '--workdir',
+                       str(workdir), '--no-progress']) == 0
+      done.touch()
   return workdir

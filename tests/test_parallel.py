@@ -14,10 +14,15 @@ from tests.helpers import (assert_trees_close, image_batch, run_mesh, run_pmap, 
                            tiny_classifier, to_numpy)
 
 STEPS = 5
+LR = 1e-2
+# Adam scales every update to about the learning rate, so a gradient summed in another order
+# (across devices, or by pmap's psum) can move a parameter whose gradient is near zero by a
+# small fraction of it; the paths agree to 1% of one step.
+PARAMS_ATOL = 0.01 * LR
 
 
 def _state(batch):
-  return create_state(tiny_classifier(), identity(), tx=optax.adamw(1e-2),
+  return create_state(tiny_classifier(), identity(), tx=optax.adamw(LR),
                       rng=jax.random.PRNGKey(0), example_batch=batch)
 
 
@@ -36,7 +41,7 @@ def test_single_mesh_and_pmap_agree_over_five_adamw_steps():
   (ref_state, ref_metrics), *others = results
   assert ref_metrics['loss'] < 1.2  # it trained
   for state, metrics in others:
-    assert_trees_close(ref_state.params, state.params, atol=1e-5)
+    assert_trees_close(ref_state.params, state.params, atol=PARAMS_ATOL)
     assert_trees_close(ref_state.opt_state, state.opt_state, atol=1e-5)
     np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], atol=1e-5)
     assert int(state.step) == STEPS
