@@ -1,6 +1,7 @@
 """Test set-up: 8 fake CPU devices, configured before any JAX computation."""
 
 import os
+import shutil
 import tempfile
 
 import filelock
@@ -9,9 +10,12 @@ import jax
 jax.config.update('jax_num_cpu_devices', 8)
 # Many tests compile the same steps (the same tiny configs run single, meshed and pmapped,
 # resumed and not): one compilation cache for the whole run, shared by the pytest-xdist
-# workers through the environment, compiles each once.
-jax.config.update('jax_compilation_cache_dir', os.environ.setdefault(
-    'JAXPRETRAIN_TEST_XLA_CACHE', tempfile.mkdtemp(prefix='jaxpretrain-tests-xla-')))
+# workers through the environment, compiles each once. The process that made it removes it.
+_CACHE_ENV = 'JAXPRETRAIN_TEST_XLA_CACHE'
+_OWN_CACHE = _CACHE_ENV not in os.environ
+if _OWN_CACHE:
+  os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix='jaxpretrain-tests-xla-')
+jax.config.update('jax_compilation_cache_dir', os.environ[_CACHE_ENV])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 
@@ -36,3 +40,8 @@ def text_recipe_run(tmp_path_factory):
                        str(workdir), '--no-progress']) == 0
       done.touch()
   return workdir
+
+
+def pytest_unconfigure(config):  # pylint: disable=unused-argument
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ[_CACHE_ENV], ignore_errors=True)

@@ -28,13 +28,13 @@ def _distil_config(teacher, *overrides):
       f'finetune.pretrained={teacher}', f'data.tokenizer.path={teacher}', *overrides])
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def teacher(text_recipe_run):
   """The tiny text recipe's BERT MLM run (configs/shakespeare_bert_mlm.py:tiny)."""
   return text_recipe_run / 'pretrain'
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def student(teacher, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('distil')
   summary = loop.train(_distil_config(teacher), workdir, progress=False)
