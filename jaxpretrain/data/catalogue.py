@@ -2,33 +2,39 @@
 
 Names map to local TFDS builders through an explicit dict; the builders prepare
 array_record files (readable without TensorFlow) from real copies shipped by
-packages, or download them when online. Any other TFDS dataset is reachable as
-`tfds:<name>` (online, and most need TensorFlow to prepare).
+packages, or download them when online. A folder of one's own images, one
+sub-folder per class, is `folder:<path>` (see `image_folder`). Any other TFDS
+dataset is reachable as `tfds:<name>` (online, and most need TensorFlow to prepare).
 """
 
 from collections.abc import Iterator
 import contextlib
 import fcntl
+import hashlib
 import os
 import pathlib
+import re
 
 import tensorflow_datasets as tfds
 
-from jaxpretrain.data import fashion_mnist
+from jaxpretrain.data import digits, fashion_mnist, image_folder, mnist
 from jaxpretrain.data.errors import UnknownDatasetError
 from jaxpretrain.data.sources import Source
 
 TFDS_PREFIX = 'tfds:'
+FOLDER_PREFIX = 'folder:'
 
 # Our builders carry their own TFDS names (e.g. `jaxpretrain_fashion_mnist`) so as not
 # to clash with TFDS's registry; users know the datasets by the names on the left.
 _BUILDERS: dict[str, type[tfds.core.DatasetBuilder]] = {
+    'digits': digits.JaxpretrainDigits,
     'fashion_mnist': fashion_mnist.JaxpretrainFashionMnist,
+    'mnist': mnist.JaxpretrainMnist,
 }
 
 
 def names() -> tuple[str, ...]:
-  """The dataset names the catalogue knows (besides `tfds:<name>`)."""
+  """The dataset names the catalogue knows (besides `folder:<path>` and `tfds:<name>`)."""
   return tuple(sorted(_BUILDERS))
 
 
@@ -40,9 +46,10 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
 
 
 def _check_known(name: str) -> None:
-  if name not in _BUILDERS and not name.startswith(TFDS_PREFIX):
+  if name not in _BUILDERS and not name.startswith((TFDS_PREFIX, FOLDER_PREFIX)):
     raise UnknownDatasetError(
-        f'unknown dataset {name!r}; known datasets: {", ".join(names())}. Any dataset of '
+        f'unknown dataset {name!r}; known datasets: {", ".join(names())}. A folder of '
+        f"images with one sub-folder per class is '{FOLDER_PREFIX}<path>'. Any dataset of "
         f"the TFDS catalogue can be named '{TFDS_PREFIX}<name>' (it downloads, so it needs "
         'network access, and most need TensorFlow to prepare).')
 
@@ -52,7 +59,21 @@ def _make_builder(name: str, data_dir: str | os.PathLike | None) -> tfds.core.Da
   data_dir = os.fspath(resolve_data_dir(data_dir))
   if name in _BUILDERS:
     return _BUILDERS[name](data_dir=data_dir)
+  if name.startswith(FOLDER_PREFIX):
+    root, image_size, channels = image_folder.parse_spec(name[len(FOLDER_PREFIX):])
+    return image_folder.JaxpretrainImageFolder(root=root, image_size=image_size,
+                                               channels=channels, data_dir=data_dir)
   return tfds.builder(name[len(TFDS_PREFIX):], data_dir=data_dir, file_format='array_record')
+
+
+def _lock_name(name: str) -> str:
+  if name.startswith(FOLDER_PREFIX):
+    # A path can be long and is no file name; its hash keeps folders apart, and
+    # one lock per folder (whatever the options) keeps its preparations in turn.
+    root = image_folder.parse_spec(name[len(FOLDER_PREFIX):])[0]
+    path = pathlib.Path(root).expanduser().resolve()
+    return f'.folder_{hashlib.sha256(os.fsencode(path)).hexdigest()[:16]}.lock'
+  return '.' + re.sub(r'[^A-Za-z0-9_.-]', '_', name) + '.lock'
 
 
 @contextlib.contextmanager
@@ -74,10 +95,10 @@ def prepared_builder(name: str, *, data_dir: str | os.PathLike | None = None
   Raises:
     UnknownDatasetError: the name is not in the catalogue.
     DatasetNotFoundError: the raw data is neither on this machine nor downloadable.
+    ImageFolderError: a `folder:` whose layout or images cannot be used.
   """
   _check_known(name)
-  lock_name = '.' + name.replace('/', '_').replace(':', '_') + '.lock'
-  with _locked(resolve_data_dir(data_dir) / lock_name):
+  with _locked(resolve_data_dir(data_dir) / _lock_name(name)):
     # Built under the lock, so a builder made while another process was preparing
     # still reads the finished dataset's split sizes.
     builder = _make_builder(name, data_dir)
@@ -92,7 +113,9 @@ def data_source(name: str, split: str, *, data_dir: str | os.PathLike | None = N
   """A random-access source of example dicts for one split, prepared on first use.
 
   Args:
-    name: a catalogue name such as `'fashion_mnist'`, or `'tfds:<name>'`.
+    name: a catalogue name (`'digits'`, `'fashion_mnist'`, `'mnist'`), a folder of
+      images `'folder:<path>[?size=<H>[x<W>]&channels=<1|3>]'` (see
+      `image_folder`), or `'tfds:<name>'`.
     split: a split, optionally sliced in TFDS syntax: `'train'`, `'train[:600]'`,
       `'train[90%:]'`, `'train+test'`.
     data_dir: where prepared datasets live; `$TFDS_DATA_DIR` or
@@ -101,12 +124,13 @@ def data_source(name: str, split: str, *, data_dir: str | os.PathLike | None = N
   Returns:
     A sequence with `len`, `__getitem__` and a batched `__getitems__`; each
     example is a dict of numpy values (Fashion-MNIST: `image` uint8 (28, 28, 1),
-    `label` int64).
+    `label` an integer).
 
   Example:
     >>> train = data_source('fashion_mnist', 'train')
     >>> len(train), train[0]['image'].shape
     (60000, (28, 28, 1))
+    >>> pets = data_source('folder:~/pets?size=64&channels=3', 'train')
   """
   return prepared_builder(name, data_dir=data_dir).as_data_source(split)
 

@@ -19,6 +19,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxpretrain.data import image_records
 from jaxpretrain.data.errors import DatasetNotFoundError
 
 ENV_VAR = 'JAXPRETRAIN_FASHION_MNIST_DIR'
@@ -123,24 +124,15 @@ class JaxpretrainFashionMnist(tfds.core.GeneratorBasedBuilder):
   # needs the `importlib_resources` backport, installed only on Python < 3.9.
   code_path = epath.Path(__file__)
 
-  def __init__(self, *, file_format: str = 'array_record', **kwargs: Any):
-    # array_record is the format that `as_data_source` reads without TensorFlow.
+  def __init__(self, *, file_format: str = image_records.FILE_FORMAT, **kwargs: Any):
     super().__init__(file_format=file_format, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
+    return image_records.image_info(
+        self, shape=IMAGE_SHAPE, classes=CLASS_NAMES,
         description='Zalando article images: 28×28 greyscale, 10 classes.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
-            'label': tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-        }),
-        supervised_keys=('image', 'label'),
-        disable_shuffling=True,
-        homepage='https://github.com/zalandoresearch/fashion-mnist',
-        citation=_CITATION,
-        license='MIT',
-    )
+        homepage='https://github.com/zalandoresearch/fashion-mnist', citation=_CITATION,
+        license='MIT')
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     files = _raw_files(dl_manager)
@@ -152,5 +144,4 @@ class JaxpretrainFashionMnist(tfds.core.GeneratorBasedBuilder):
     if len(images) != len(labels):
       raise ValueError(f'{images_path} has {len(images)} images but {labels_path} has '
                        f'{len(labels)} labels; the IDX files do not belong together.')
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {'image': image, 'label': int(label)}
+    yield from image_records.image_examples(images, labels)
