@@ -4,6 +4,8 @@
       --config.optimizer.lr=3e-4 --workdir runs/pretrain
   jaxpretrain sweep --config configs/fashion_mnist_finetune.py --workdir runs/sweep \\
       --sweep 'optimizer.lr=[1e-4,3e-4,1e-3]' --random 2
+  jaxpretrain evaluate --protocol linear_probe --config configs/fashion_mnist_finetune.py \\
+      --config.finetune.pretrained=runs/pretrain --workdir runs/transfer
 """
 
 import argparse
@@ -35,6 +37,14 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return rest, overrides
 
 
+# The protocols of `jaxpretrain.transfer`, and the options each takes, named here so that
+# argument checks run before the heavy imports.
+_PROTOCOLS = ('linear_probe', 'knn', 'few_shot', 'finetune', 'lora')
+# Option → (its protocol, the protocol's keyword argument).
+_PROTOCOL_OPTIONS = {'k': ('knn', 'k'), 'shots': ('few_shot', 'shots'),
+                     'seeds': ('few_shot', 'seeds'), 'lora_rank': ('lora', 'rank')}
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='jaxpretrain', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,7 +60,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     if name == 'evaluate':
       s.add_argument('--split', default='test')
-      s.add_argument('--step', default='best', help="an int, 'latest' or 'best'")
+      s.add_argument('--step', default='best',
+                     help="an int, 'latest' or 'best' (the run's checkpoint; without --protocol)")
+      s.add_argument('--protocol', choices=_PROTOCOLS, default=None,
+                     help="transfer evaluation of the config's pre-trained encoder "
+                          '(finetune.pretrained) instead of scoring a checkpoint of --workdir')
+      s.add_argument('--k', type=int, nargs='+', default=None,
+                     help='knn: neighbours (default 20); several are chosen among on validation')
+      s.add_argument('--shots', type=int, nargs='+', default=None,
+                     help='few_shot: labelled images per class (default 1 5 10)')
+      s.add_argument('--seeds', type=int, default=None,
+                     help='few_shot: draws of the n-shot images averaged over (default 5)')
+      s.add_argument('--lora-rank', type=int, default=None,
+                     help="lora: adapter rank (default the config's finetune.lora.rank, else 8)")
     if name == 'sweep':
       s.add_argument('--sweep', action='append', required=True, metavar='KEY=[V1,V2,...]',
                      help='a config key and the values to try; repeat for a grid over several')
@@ -76,7 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     rest, overrides = _split_overrides(argv)
-    args = _parser().parse_args(rest)
+    parser = _parser()
+    args = parser.parse_args(rest)
+    if args.command == 'evaluate':
+      for option, (protocol, _) in _PROTOCOL_OPTIONS.items():
+        if getattr(args, option) is not None and args.protocol != protocol:
+          parser.error(f"--{option.replace('_', '-')} needs --protocol {protocol}")
     return _run(args, overrides, argv)
   except JaxpretrainError as e:
     print(f'jaxpretrain: error: {e}', file=sys.stderr)
@@ -94,6 +121,12 @@ def _run(args: argparse.Namespace, overrides: list[str], argv: list[str]) -> int
   progress = not args.no_progress
   if args.command in ('pretrain', 'finetune'):
     result = loop.train(config, args.workdir, kind=args.command, progress=progress)
+  elif args.command == 'evaluate' and args.protocol:
+    from jaxpretrain import transfer
+    options = {name: getattr(args, option) for option, (_, name) in _PROTOCOL_OPTIONS.items()
+               if getattr(args, option) is not None}
+    result = transfer.run(config, args.workdir, args.protocol, split=args.split,
+                          progress=progress, **options)
   elif args.command == 'evaluate':
     step = int(args.step) if args.step.isdigit() else args.step
     result = loop.evaluate(config, args.workdir, split=args.split, step=step)
