@@ -227,6 +227,29 @@ def open_checkpoints(path: str | os.PathLike) -> Checkpointer:
   return Checkpointer(directory, read_only=True)
 
 
+def _restore_parts(path: str | os.PathLike, parts: tuple[str, ...], step: StepSpec
+                   ) -> dict[str, Any]:
+  """The named top-level fields of a checkpoint's train state (those it has), as numpy."""
+  reader = open_checkpoints(path)
+  try:
+    step = reader.resolve(step)
+    meta = jax.tree_util.tree_flatten_with_path(reader._manager.item_metadata(step)['state'])[0]
+    flat = {tree_lib.key_path_str(p): m for p, m in meta}
+    wanted = {}
+    for part in parts:
+      sub = {p[len(part) + 1:]: jax.ShapeDtypeStruct(m.shape, m.dtype)
+             for p, m in flat.items() if p.startswith(part + '/')}
+      if sub:
+        wanted[part] = tree_lib.unflatten(sub)
+    if not wanted:
+      return {}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    return reader._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=wanted, restore_args=restore_args, partial_restore=True)))['state']
+  finally:
+    reader.close()
+
+
 def restore_params(path: str | os.PathLike, *, step: StepSpec = None) -> dict[str, Any]:
   """Loads only the parameters (trainable and frozen, merged) of a checkpoint.
 
@@ -236,21 +259,19 @@ def restore_params(path: str | os.PathLike, *, step: StepSpec = None) -> dict[st
     path: a work directory or its `checkpoints/` folder.
     step: an int, 'latest' (default) or 'best'.
   """
-  reader = open_checkpoints(path)
-  step = reader.resolve(step)
-  meta = jax.tree_util.tree_flatten_with_path(reader._manager.item_metadata(step)['state'])[0]
-  flat = {tree_lib.key_path_str(p): m for p, m in meta}
-  wanted = {}
-  for part in ('params', 'frozen'):
-    sub = {p[len(part) + 1:]: jax.ShapeDtypeStruct(m.shape, m.dtype)
-           for p, m in flat.items() if p.startswith(part + '/')}
-    if sub:
-      wanted[part] = tree_lib.unflatten(sub)
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  restored = reader._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=wanted, restore_args=restore_args, partial_restore=True)))['state']
-  reader.close()
-  return tree_lib.merge(*restored.values())
+  return tree_lib.merge(*_restore_parts(path, ('params', 'frozen'), step).values())
+
+
+def restore_model_state(path: str | os.PathLike, *, step: StepSpec = None) -> dict[str, Any]:
+  """Loads only the model state of a checkpoint: collections such as `batch_stats`.
+
+  Empty for models without one.
+
+  Args:
+    path: a work directory or its `checkpoints/` folder.
+    step: an int, 'latest' (default) or 'best'.
+  """
+  return _restore_parts(path, ('model_state',), step).get('model_state', {})
 
 
 def read_manifest(path: str | os.PathLike, step: StepSpec = None) -> dict[str, Any]:

@@ -181,9 +181,6 @@ def cached_features(config: Config, workdir: str | pathlib.Path, *, split: str =
   example = data_lib.load_split(data_lib.subset(train_src, np.arange(batch_size) % len(train_src)))
   state = loop._create_state(config, config.get('finetune'), 1, example)
   _check_features(config, state, example)
-  if _pretrained(config) and state.model_state:
-    logging.warning('the encoder has %s, which from_pretrained does not graft: its features use '
-                    'their values at initialisation', sorted(state.model_state))
   cache = workdir / 'features'
   fingerprint = _fingerprint(config, state, {'train': config.data.train_split,
                                              'validation': config.data.get('validation_split'),

@@ -109,6 +109,29 @@ def test_from_pretrained_loads_the_best_step(tmp_path):
   assert_trees_close(latest.params, later.params, atol=0, rtol=0)
 
 
+def test_from_pretrained_brings_the_batch_norm_statistics_of_what_it_grafts(tmp_path):
+  model = tiny_classifier(norm='batch')
+  trained = _train(_create(finetune.identity(), model))
+  stats = trained.model_state['batch_stats']
+  with checkpoint.Checkpointer(tmp_path, save_every=1) as ckpt:
+    ckpt.save(trained)
+  fresh = _create(finetune.identity(), model).model_state['batch_stats']
+  for path in tree_lib.flatten(stats):
+    # Training moved every statistic away from its initial value, so a copy shows.
+    assert not np.allclose(tree_lib.flatten(stats)[path], tree_lib.flatten(fresh)[path])
+  grafted = _create(finetune.chain(finetune.from_pretrained(str(tmp_path), select='encoder/.*'),
+                                   finetune.new_head()), model)
+  assert_trees_close(grafted.model_state['batch_stats'], stats, atol=0, rtol=0)
+  assert_trees_close(_logits(grafted.replace(params=trained.params)), _logits(trained),
+                     atol=0, rtol=0)
+  # Statistics outside `select` keep their initial values.
+  kept = _create(finetune.from_pretrained(str(tmp_path), select='head/.*'), model)
+  assert_trees_close(kept.model_state['batch_stats'], fresh, atol=0, rtol=0)
+  # A parameter tree carries no statistics.
+  from_tree = _create(finetune.from_pretrained(trained.params), model)
+  assert_trees_close(from_tree.model_state['batch_stats'], fresh, atol=0, rtol=0)
+
+
 # Which parameters train.
 
 def test_linear_probe_and_bitfit_choose_what_trains():

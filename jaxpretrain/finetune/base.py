@@ -9,6 +9,7 @@ import optax
 from jaxpretrain.state import ApplyFn
 
 Params = Any
+ModelState = dict[str, Any]
 
 
 class Transform(NamedTuple):
@@ -20,12 +21,16 @@ class Transform(NamedTuple):
     wrap_apply: `apply_fn -> apply_fn`, e.g. adapters added at call time.
     wrap_tx: `(tx, trainable_params) -> tx`, e.g. per-parameter learning rates.
     spec: JSON-able description, written into checkpoint manifests.
+    init_state: `model_state -> model_state`, the model's other collections
+      (e.g. BatchNorm's `batch_stats`) before training; `from_pretrained` copies
+      them with the weights they belong to.
   """
   init: Callable[[Params, jax.Array], Params]
   trainable: Callable[[Params], Any]
   wrap_apply: Callable[[ApplyFn], ApplyFn]
   wrap_tx: Callable[[optax.GradientTransformation, Params], optax.GradientTransformation]
   spec: tuple[dict[str, Any], ...] = ()
+  init_state: Callable[[ModelState], ModelState] = lambda model_state: model_state
 
 
 def _all_true(params: Params) -> Any:
@@ -33,13 +38,14 @@ def _all_true(params: Params) -> Any:
 
 
 def make_transform(name: str, *, init=None, trainable=None, wrap_apply=None, wrap_tx=None,
-                   **spec_args: Any) -> Transform:
+                   init_state=None, **spec_args: Any) -> Transform:
   """A transform with identity defaults for the functions not given."""
   return Transform(init=init or (lambda params, rng: params),
                    trainable=trainable or _all_true,
                    wrap_apply=wrap_apply or (lambda apply_fn: apply_fn),
                    wrap_tx=wrap_tx or (lambda tx, params: tx),
-                   spec=({'name': name, **spec_args},))
+                   spec=({'name': name, **spec_args},),
+                   init_state=init_state or (lambda model_state: model_state))
 
 
 def identity() -> Transform:
@@ -50,8 +56,9 @@ def identity() -> Transform:
 def chain(*transforms: Transform) -> Transform:
   """Composes transforms left to right.
 
-  `init`s run in order, each on the previous one's output; trainable masks are
-  ANDed; `wrap_apply` and `wrap_tx` wrap in order (the first is innermost).
+  `init`s and `init_state`s run in order, each on the previous one's output;
+  trainable masks are ANDed; `wrap_apply` and `wrap_tx` wrap in order (the
+  first is innermost).
   Every `init` receives the same rng (transforms derive per-parameter keys from
   it), so `chain(a, chain(b, c))` equals `chain(a, b, c)`.
   """
@@ -75,5 +82,10 @@ def chain(*transforms: Transform) -> Transform:
       tx = t.wrap_tx(tx, params)
     return tx
 
+  def init_state(model_state):
+    for t in transforms:
+      model_state = t.init_state(model_state)
+    return model_state
+
   spec = tuple(s for t in transforms for s in t.spec if s.get('name') != 'identity')
-  return Transform(init, trainable, wrap_apply, wrap_tx, spec)
+  return Transform(init, trainable, wrap_apply, wrap_tx, spec, init_state)

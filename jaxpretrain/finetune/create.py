@@ -41,4 +41,4 @@ def create_state(model: nn.Module, transform: Transform, *, tx: optax.GradientTr
   return TrainState.create(apply_fn=transform.wrap_apply(make_apply_fn(model)),
                            params=trainable, frozen=frozen,
                            tx=transform.wrap_tx(tx, trainable), rng=train_rng,
-                           model_state=variables)
+                           model_state=transform.init_state(variables))

@@ -54,7 +54,8 @@ def _adapters(rules: Sequence[ReshapeRule]) -> list[tuple[re.Pattern, Adapter]]:
 
 def graft(params: Params, pretrained: Mapping[str, Any], *, select: str = '.*',
           rename: Sequence[tuple[str, str]] = (), strict: bool = False,
-          reshape: Sequence[ReshapeRule] = ()) -> tuple[Params, GraftReport]:
+          reshape: Sequence[ReshapeRule] = (), require: bool = True
+          ) -> tuple[Params, GraftReport]:
   """Copies pre-trained parameters into a model's parameter tree.
 
   Args:
@@ -67,6 +68,8 @@ def graft(params: Params, pretrained: Mapping[str, Any], *, select: str = '.*',
     reshape: `(regex, adapter)` rules for parameters whose shapes differ, e.g.
       `[('embed/embedding', 'resize_vocab')]` (see `finetune.reshape`); the
       first rule matching the model path applies.
+    require: raise if nothing at all is loaded (a `select` or `rename` that
+      matches nothing is almost always a mistake).
 
   Returns:
     The new parameters and a `GraftReport`.
@@ -105,7 +108,7 @@ def graft(params: Params, pretrained: Mapping[str, Any], *, select: str = '.*',
   if strict and (missing or unexpected):
     raise CheckpointMismatchError(f'strict from_pretrained: {report}\nrename or select the '
                                   'parameters so that the two trees agree, or pass strict=False.')
-  if not loaded:
+  if require and not loaded:
     raise CheckpointMismatchError(
         f'from_pretrained loaded no parameter (select={select!r}); the checkpoint holds '
         f'e.g. {sorted(tree_lib.flatten(pretrained))[:5]}, the model '
@@ -130,6 +133,34 @@ def read_source(source: Source, step: int | str | None = None) -> Mapping[str, A
   return source() if callable(source) else source
 
 
+def read_model_state(source: Source, step: int | str | None = None) -> Mapping[str, Any]:
+  """The model state (collections such as `batch_stats`) a source names; empty for a tree."""
+  from jaxpretrain import checkpoint, convert  # Imported here: only needed for paths.
+  if isinstance(source, str) and convert.is_hf_directory(source):
+    return {k: v for k, v in convert.hf_variables(source).items() if k != 'params'}
+  if isinstance(source, str):
+    return checkpoint.restore_model_state(source, step=step)
+  return {}
+
+
+def graft_model_state(model_state: Mapping[str, Any], pretrained: Mapping[str, Any], *,
+                      select: str = '.*', rename: Sequence[tuple[str, str]] = ()
+                      ) -> dict[str, Any]:
+  """Copies pre-trained model state, collection by collection, where `select` matches.
+
+  BatchNorm statistics belong to the weights they normalise: an encoder grafted
+  without them would run its eval mode on the statistics of its initialisation.
+  Entries the checkpoint lacks keep their initial values.
+  """
+  grafted = dict(model_state)
+  for name, tree in model_state.items():
+    if name in pretrained and tree_lib.flatten(tree):
+      grafted[name], report = graft(tree, pretrained[name], select=select, rename=rename,
+                                    require=False)
+      logging.info('from_pretrained %s: %s', name, report)
+  return grafted
+
+
 def _source_spec(source: Source) -> str:
   """A source as the manifest names it: its path, or `<params>` for a tree or function."""
   return source if isinstance(source, str) else '<params>'
@@ -140,6 +171,9 @@ def from_pretrained(source: Source, *, select: str = '.*',
                     step: int | str | None = None, reshape: Sequence[ReshapeRule] = ()
                     ) -> Transform:
   """Grafts parameters from a checkpoint (or a parameter tree) into the model.
+
+  The model state selected alongside (BatchNorm statistics) comes from the
+  checkpoint too; a parameter tree carries none.
 
   Args:
     source: a checkpoint directory written by `jaxpretrain.checkpoint`, a
@@ -160,7 +194,14 @@ def from_pretrained(source: Source, *, select: str = '.*',
     logging.info('from_pretrained: %s', report)
     return params
 
-  return make_transform('from_pretrained', init=init, source=_source_spec(source),
+  def init_state(model_state):
+    if not model_state:
+      return model_state
+    return graft_model_state(model_state, read_model_state(source, step), select=select,
+                             rename=rename)
+
+  return make_transform('from_pretrained', init=init, init_state=init_state,
+                        source=_source_spec(source),
                         select=select, rename=[list(r) for r in rename], strict=strict,
                         step=step, reshape=[_rule_spec(r) for r in reshape])
 
