@@ -21,6 +21,9 @@ model's parameter tree:
 Weights the converter does not know are an error; known ones the chosen model
 does not use (BERT's next-sentence head, GPT-2's causal-mask buffers, an MLM head
 under a backbone-only architecture) are logged at INFO level.
+
+ResNet and ViT checkpoints (`model_type` 'resnet' or 'vit') take the same entry
+points and are converted by `jaxpretrain.convert.hf_vision`.
 """
 
 from collections.abc import Mapping
@@ -35,13 +38,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpretrain import tree as tree_lib
-from jaxpretrain.convert import files
+from jaxpretrain.convert import files, hf_vision
 from jaxpretrain.errors import CheckpointMismatchError, ConfigError
+from jaxpretrain.models.resnet import ResNet
 from jaxpretrain.models.text_heads import (BertForMaskedLM, GPTForCausalLM, Regressor,
                                            SequenceClassifier, TokenClassifier)
 from jaxpretrain.models.transformer import Transformer, TransformerConfig
+from jaxpretrain.models.vit import ViT
 
 Params = dict[str, Any]
+
+# The models `load_hf` returns bare, without a task head.
+_ENCODERS = (Transformer, ResNet, ViT)
 
 # model_type -> the prefix its task models put before the backbone's weights, and
 # the backbone-only architecture.
@@ -161,18 +169,23 @@ def load_hf(directory: str | os.PathLike, *, architecture: str | None = None
 
   Args:
     directory: holds `config.json` and `model.safetensors` (read without
-      PyTorch) or `pytorch_model.bin` (needs PyTorch), or sharded versions.
+      PyTorch) or `pytorch_model.bin` (needs PyTorch), or sharded versions;
+      for vision models, optionally a `preprocessor_config.json` whose
+      normalisation the model then applies itself (see `hf_vision`).
     architecture: overrides `architectures[0]` of `config.json`, e.g.
       'BertModel' to load only the backbone of a `BertForMaskedLM`. Without
       either, the family's backbone-only architecture.
 
   Returns:
     `(model, variables)`. `*Model` architectures give the bare `Transformer`
-    backbone (its parameters at the root of `variables['params']`);
-    `*ForMaskedLM` a `BertForMaskedLM`, `GPT2LMHeadModel` a `GPTForCausalLM`,
-    `*ForSequenceClassification` a `SequenceClassifier` (a `Regressor` when
-    `num_labels == 1`) and `*ForTokenClassification` a `TokenClassifier`, each
-    with the backbone under `encoder/` and the task layers under `head/`.
+    backbone (its parameters at the root of `variables['params']`), or the bare
+    `ResNet` or `ViT` encoder; `*ForMaskedLM` a `BertForMaskedLM`,
+    `GPT2LMHeadModel` a `GPTForCausalLM`, `*ForSequenceClassification` a
+    `SequenceClassifier` (a `Regressor` when `num_labels == 1`),
+    `*ForTokenClassification` a `TokenClassifier` and
+    `*ForImageClassification` a `Classifier`, each with the backbone under
+    `encoder/` and the task layers under `head/`. ResNets' variables also hold
+    the BatchNorm statistics under `batch_stats`.
 
   Raises:
     FileNotFoundError: no `config.json` or no weights file.
@@ -182,9 +195,30 @@ def load_hf(directory: str | os.PathLike, *, architecture: str | None = None
   Example:
     >>> model, variables = load_hf('bert-tiny/')
     >>> out = model.apply(variables, {'input_ids': ids, 'attention_mask': mask})
+    >>> model, variables = load_hf('resnet-tiny/')  # a ResNetForImageClassification
+    >>> logits = model.apply(variables, {'image': images_in_0_1}, train=False)['logits']
   """
   return from_state_dict(files.read_config(directory), files.read_state_dict(directory),
-                         architecture=architecture)
+                         architecture=architecture,
+                         preprocessor=hf_vision.read_preprocessor_config(directory))
+
+
+def hf_variables(directory: str | os.PathLike, *, architecture: str | None = None) -> Params:
+  """All variables of a Hugging Face model directory, named as our task models name them.
+
+  Each collection (`params`, and ResNets' `batch_stats`) holds the backbone
+  under `encoder/` (also for `*Model` architectures) and any task layers under
+  `head/`, as in a `Classifier` or `SequenceClassifier` built on the backbone.
+
+  Example:
+    >>> stats = hf_variables('resnet-tiny/')['batch_stats']
+    >>> model_state, report = finetune.graft(model_state['batch_stats'], stats,
+    ...                                      select='encoder/.*')
+  """
+  model, variables = load_hf(directory, architecture=architecture)
+  if isinstance(model, _ENCODERS):
+    return {name: {'encoder': tree} for name, tree in variables.items()}
+  return dict(variables)
 
 
 def hf_params(directory: str | os.PathLike, *, architecture: str | None = None) -> Params:
@@ -192,19 +226,20 @@ def hf_params(directory: str | os.PathLike, *, architecture: str | None = None) 
 
   The backbone is under `encoder/` (also for `*Model` architectures) and any
   task layers under `head/`, so `finetune.from_pretrained` grafts them
-  directly; select `'encoder/.*'` to start a new head.
+  directly; select `'encoder/.*'` to start a new head. `hf_variables` also
+  gives the other collections (BatchNorm statistics).
 
   Example:
     >>> transform = finetune.from_pretrained(lambda: hf_params('bert-tiny/'),
     ...                                      select='encoder/.*')
   """
-  model, variables = load_hf(directory, architecture=architecture)
-  params = variables['params']
-  return {'encoder': params} if isinstance(model, Transformer) else params
+  return hf_variables(directory, architecture=architecture)['params']
 
 
 def from_state_dict(hf_config: Mapping[str, Any], state_dict: Mapping[str, Any], *,
-                    architecture: str | None = None) -> tuple[nn.Module, Params]:
+                    architecture: str | None = None,
+                    preprocessor: Mapping[str, Any] | None = None
+                    ) -> tuple[nn.Module, Params]:
   """`load_hf` on a config dict and a state dict of arrays already in memory.
 
   Args:
@@ -212,11 +247,16 @@ def from_state_dict(hf_config: Mapping[str, Any], state_dict: Mapping[str, Any],
       `to_dict()`).
     state_dict: PyTorch weight names to numpy arrays.
     architecture: as in `load_hf`.
+    preprocessor: for vision models, the contents of a
+      `preprocessor_config.json` (see `hf_vision.from_state_dict`).
   """
   model_type = hf_config.get('model_type')
+  if model_type in hf_vision.MODEL_TYPES:
+    return hf_vision.from_state_dict(hf_config, state_dict, architecture=architecture,
+                                     preprocessor=preprocessor)
   if model_type not in _FAMILIES:
     raise ConfigError(f'model_type {model_type!r} is not supported; jaxpretrain.convert reads '
-                      f'{sorted(_FAMILIES)} checkpoints.')
+                      f'{sorted([*_FAMILIES, *hf_vision.MODEL_TYPES])} checkpoints.')
   prefix, backbone = _FAMILIES[model_type]
   architecture = architecture or (hf_config.get('architectures') or [backbone])[0]
   if ARCHITECTURES.get(architecture, (None,))[0] != model_type:

@@ -1,9 +1,6 @@
 """ResNet, VGG and Inception encoders: shapes, public parameter counts, parity with
 transformers' ResNetModel, BatchNorm synchronised across pmap, and eval-mode behaviour."""
 
-import re
-
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +9,7 @@ import pytest
 import torch
 import transformers
 
+from jaxpretrain import convert
 from jaxpretrain.models import Classifier, init_variables, make_apply_fn
 from jaxpretrain.models.inception import InceptionV1, inception
 from jaxpretrain.models.resnet import ResNet, resnet
@@ -161,34 +159,6 @@ def test_unknown_names_are_errors():
 
 # Parity with transformers' ResNetModel.
 
-def _hf_name(key: str, ndim: int) -> tuple[str, ...]:
-  """A transformers ResNetModel state-dict key as a (collection, *path) of ours.
-
-  `ndim` tells a convolution's weight (OIHW, 4 dimensions) from a BatchNorm's.
-  """
-  module, leaf = key.rsplit('.', 1)
-  module = module.replace('embedder.embedder.', 'stem.')
-  module = re.sub(r'encoder\.stages\.(\d+)\.layers\.(\d+)\.', r'stage\1_block\2.', module)
-  module = re.sub(r'layer\.(\d+)\.convolution', r'conv\1', module)
-  module = re.sub(r'layer\.(\d+)\.normalization', r'norm\1', module)
-  module = module.replace('shortcut.', 'shortcut_')
-  module = module.replace('convolution', 'conv').replace('normalization', 'norm')
-  collection, leaf = {'weight': ('params', 'kernel' if ndim == 4 else 'scale'),
-                      'bias': ('params', 'bias'), 'running_mean': ('batch_stats', 'mean'),
-                      'running_var': ('batch_stats', 'var')}[leaf]
-  return (collection, *module.split('.'), leaf)
-
-
-def _hf_to_flax(state_dict) -> dict:
-  flat = {}
-  for key, value in state_dict.items():
-    if key.endswith('num_batches_tracked'):
-      continue
-    value = value.detach().numpy()
-    flat[_hf_name(key, value.ndim)] = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
-  return traverse_util.unflatten_dict(flat)
-
-
 @pytest.mark.parametrize('layer_type', ['basic', 'bottleneck'])
 def test_resnet_matches_transformers_resnet_model(layer_type):
   # The bottleneck's first stage widens 8 -> 16 at stride 1 (a shortcut without
@@ -209,7 +179,9 @@ def test_resnet_matches_transformers_resnet_model(layer_type):
   ours = ResNet(stage_sizes=(2, 1), block=layer_type, widths=widths, stem='imagenet',
                 stem_width=8)
   image = _image(2, 32, channels=3)
-  variables = _hf_to_flax(hf.state_dict())
+  state_dict = {k: v.numpy() for k, v in hf.state_dict().items()}
+  _, variables = convert.from_state_dict(hf.config.to_dict(), state_dict,
+                                         architecture='ResNetModel')
   # Every variable of ours comes from the state dict, and nothing else does.
   expected = jax.eval_shape(ours.init, KEY, image)
   assert jax.tree.map(np.shape, variables) == jax.tree.map(np.shape, expected)
