@@ -29,7 +29,7 @@ def get_config(variant=None):
   c.checkpoint.best_metric = 'accuracy'
   c.finetune.new_head = 'head/.*'
   c.finetune.lr_multipliers = (('head/.*', 10.0),)
-  if variant == 'tiny':
+  if common.is_tiny(variant):
     c.data.labelled_per_class = 4
     c.data.validation_per_class = 2
     c.data.batch_size = 8

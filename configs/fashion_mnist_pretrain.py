@@ -23,7 +23,7 @@ def get_config(variant=None):
   c.optimizer.warmup_steps = 110
   c.train.steps = 2200
   c.train.eval_every_steps = 550
-  if variant == 'tiny':
+  if common.is_tiny(variant):
     c.model.pretext_head.hidden = 8
     c.data.batch_size = 16
     c.optimizer.warmup_steps = 1

@@ -13,10 +13,13 @@ from jaxpretrain import checkpoint, convert, finetune
 from jaxpretrain.data import augment as augment_lib
 from jaxpretrain.data import tokenizers
 from jaxpretrain.errors import ConfigError
-from jaxpretrain.models import (PRESETS, Autoencoder, BertForMaskedLM, Classifier, ConvDecoder,
-                                ConvEncoder, GPTForCausalLM, PretextClassifier,
-                                SequenceClassifier, TransformerConfig, make_apply_fn)
+from jaxpretrain.models import (INCEPTION_PRESETS, PRESETS, RESNET_PRESETS, VGG_PRESETS,
+                                VIT_PRESETS, Autoencoder, BertForMaskedLM, Classifier,
+                                ContrastiveModel, ConvDecoder, ConvEncoder, GPTForCausalLM,
+                                MaskedAutoencoder, PretextClassifier, SequenceClassifier,
+                                TransformerConfig, inception, make_apply_fn, resnet, vgg, vit)
 from jaxpretrain import objectives
+from jaxpretrain.objectives import mixing
 from jaxpretrain.objectives.language import TEACHER
 
 Config = ml_collections.ConfigDict
@@ -32,8 +35,26 @@ def _kwargs(section: Config, *skip: str) -> dict[str, Any]:
   return {k: v for k, v in section.to_dict().items() if k not in ('name', *skip)}
 
 
+# Image encoders by `model.encoder.name`; the families with presets take `preset` and
+# any of their fields as overrides, e.g. dict(name='resnet', preset='resnet18', stem='small').
+_PRESET_ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    'resnet': resnet, 'vgg': vgg, 'inception': inception, 'vit': vit,
+}
+_ENCODER_PRESETS = {'resnet': RESNET_PRESETS, 'vgg': VGG_PRESETS, 'inception': INCEPTION_PRESETS,
+                    'vit': VIT_PRESETS}
+
+
 def _encoder(cfg: Config) -> nn.Module:
-  return ConvEncoder(**cfg.to_dict())
+  """The image encoder of a `model.encoder` section (`name` 'conv' when it has none)."""
+  fields = cfg.to_dict()
+  name = fields.pop('name', 'conv')
+  if name == 'conv':
+    return ConvEncoder(**fields)
+  family = _pick(_PRESET_ENCODERS, name, 'encoder')
+  if 'preset' not in fields:
+    raise ConfigError(f'the {name} encoder needs a preset: set model.encoder.preset to one of '
+                      f'{sorted(_ENCODER_PRESETS[name])}')
+  return family(fields.pop('preset'), **fields)
 
 
 def _transformer(cfg: Config) -> TransformerConfig:
@@ -51,6 +72,10 @@ MODELS: dict[str, Callable[[Config], nn.Module]] = {
     'conv_autoencoder': lambda c: Autoencoder(_encoder(c.encoder),
                                               ConvDecoder(**c.decoder.to_dict())),
     'conv_pretext': lambda c: PretextClassifier(_encoder(c.encoder), **_kwargs(c.pretext_head)),
+    # Any image encoder of `_encoder`: the names above predate the other families.
+    'classifier': lambda c: Classifier(_encoder(c.encoder), c.num_classes, c.get('dropout', 0.0)),
+    'contrastive': lambda c: ContrastiveModel(_encoder(c.encoder), **_kwargs(c.projection)),
+    'mae': lambda c: MaskedAutoencoder(_encoder(c.encoder), **_kwargs(c.decoder)),
     'bert_mlm': lambda c: BertForMaskedLM(_transformer(c.transformer)),
     'gpt_clm': lambda c: GPTForCausalLM(_transformer(c.transformer)),
     'text_classifier': lambda c: SequenceClassifier(
@@ -114,7 +139,11 @@ OBJECTIVES: dict[str, Callable[..., objectives.Objective]] = {
     'masked_lm': objectives.masked_lm,
     'causal_lm': objectives.causal_lm,
     'distillation': _distillation,
+    'simclr': objectives.simclr,
+    'masked_image_modeling': objectives.masked_image_modeling,
 }
+# Objectives that make their own views of each image: the run's augmentation is theirs.
+_AUGMENTING = ('simclr',)
 
 
 def token_kwargs(name: str, tokenizer: Any) -> dict[str, Any]:
@@ -135,6 +164,16 @@ def token_kwargs(name: str, tokenizer: Any) -> dict[str, Any]:
 AUGMENTS: dict[str, Callable[..., augment_lib.Augment]] = {
     'standard': augment_lib.standard,
     'crop_flip_jitter': augment_lib.crop_flip_jitter,
+    'simclr': augment_lib.simclr,
+    'color_jitter': augment_lib.color_jitter,
+}
+
+MIXES: dict[str, Callable[[Config], mixing.Mix]] = {
+    'mixup': lambda c: mixing.mixup(c.get('mixup_alpha', 0.2)),
+    'cutmix': lambda c: mixing.cutmix(c.get('cutmix_alpha', 1.0)),
+    'mixup_or_cutmix': lambda c: mixing.either(mixing.mixup(c.get('mixup_alpha', 0.2)),
+                                               mixing.cutmix(c.get('cutmix_alpha', 1.0)),
+                                               c.get('prob', 0.5)),
 }
 
 
@@ -143,18 +182,42 @@ def model(cfg: Config) -> nn.Module:
   return _pick(MODELS, cfg.name, 'model')(cfg)
 
 
+def _augment(cfg: Config | None) -> augment_lib.Augment | None:
+  if cfg is None or cfg.get('name', 'none') == 'none':
+    return None
+  return _pick(AUGMENTS, cfg.name, 'augmentation')(**_kwargs(cfg))
+
+
 def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any = None,
-              teacher: str = '') -> objectives.Objective:
+              teacher: str = '', mix_cfg: Config | None = None,
+              num_classes: int | None = None) -> objectives.Objective:
   """The objective named by `cfg.name`, with training augmentation if `augment_cfg.name`.
 
-  `teacher` is the distillation objective's teacher (a run's work directory or a
-  Hugging Face directory: the run config's `finetune.teacher`).
+  Args:
+    cfg: the run config's `objective` section.
+    augment_cfg: its `augment` section: each training image is augmented before
+      any mixing; evaluation sees the images unchanged. SimCLR makes its two
+      views with it, in evaluation too (from a fixed key).
+    tokenizer: the run's tokenizer, for text objectives.
+    teacher: the distillation objective's teacher (a run's work directory or a
+      Hugging Face directory: the run config's `finetune.teacher`).
+    mix_cfg: the `mix` section (mixup, cutmix), for training a classifier.
+    num_classes: the classifier's classes, for mixing.
   """
   extra = {'teacher': teacher} if cfg.name == 'distillation' else {}
+  aug = _augment(augment_cfg)
+  if cfg.name in _AUGMENTING:
+    extra['augment'] = aug or (lambda image, rng: image)
+    aug = None
   obj = _pick(OBJECTIVES, cfg.name, 'objective')(**_kwargs(cfg), **extra,
                                                   **token_kwargs(cfg.name, tokenizer))
-  if augment_cfg is not None and augment_cfg.get('name', 'none') != 'none':
-    aug = _pick(AUGMENTS, augment_cfg.name, 'augmentation')(**_kwargs(augment_cfg))
+  if mix_cfg is not None and mix_cfg.get('name', 'none') != 'none':
+    if cfg.name != 'classification' or not num_classes:
+      raise ConfigError(f'mix {mix_cfg.name!r} blends the targets of a classifier: it needs '
+                        "objective.name='classification' and model.num_classes; set "
+                        "mix.name='none' for this run")
+    obj = mixing.with_mixing(obj, _pick(MIXES, mix_cfg.name, 'mix')(mix_cfg), num_classes)
+  if aug is not None:
     obj = objectives.with_augmentation(obj, aug)
   return obj
 

@@ -108,6 +108,8 @@ def run_config() -> Config:
                                      features=0, input_mean=0.0, input_std=1.0)))
   c.objective = Config(dict(name='classification'))
   c.augment = Config(dict(name='none'))
+  # Mixup or cutmix of a classifier's training batches (`build.MIXES`).
+  c.mix = Config(dict(name='none', mixup_alpha=0.2, cutmix_alpha=1.0, prob=0.5))
   c.optimizer = Config(dict(name='adamw', lr=1e-3, weight_decay=1e-4, schedule='cosine',
                             warmup_steps=0))
   c.train = Config(dict(epochs=1, steps=0, eval_every_steps=0, log_every=50, grad_accum=1,

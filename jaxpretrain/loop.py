@@ -257,8 +257,10 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   loader = data_lib.train_loader(train_src, batch_size=batch_size, seed=config.seed)
   example = data_lib.load_split(data_lib.subset(train_src, np.arange(batch_size)))
   objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer,
-                              teacher=_teacher(config))
-  eval_objective = build.objective(config.objective, tokenizer=tokenizer,
+                              teacher=_teacher(config), mix_cfg=config.get('mix'),
+                              num_classes=config.model.get('num_classes'))
+  # Augmentation and mixing act in training only; SimCLR's evaluation views need it too.
+  eval_objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer,
                                    teacher=_teacher(config))
   state = _create_state(config, ft_cfg, total, example)
   counts = {'trainable_params': tree_lib.size(state.params),
@@ -400,8 +402,8 @@ def evaluate_splits(config: Config, workdir: str | pathlib.Path, splits: Sequenc
   sources = {split: _source(config.data, split, tokenizer) for split in splits}
   first = next(iter(sources.values()))
   example = data_lib.load_split(data_lib.subset(first, np.arange(config.data.eval_batch_size)))
-  objective = _per_token_totals(build.objective(config.objective, tokenizer=tokenizer,
-                                                teacher=_teacher(config)))
+  objective = _per_token_totals(build.objective(config.objective, config.get('augment'),
+                                                tokenizer=tokenizer, teacher=_teacher(config)))
   state = _create_state(config, ft_cfg, 1, example)
   with checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints', read_only=True) as ckpt:
     state, _ = ckpt.restore(state, step=step)

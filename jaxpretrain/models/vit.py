@@ -101,6 +101,8 @@ class ViT(nn.Module):
       patch tokens' states ('mean'), both after the final norm.
     initializer_range: standard deviation of the normal initialisers.
     dtype: computation dtype (parameters stay float32).
+    input_mean, input_std: inputs are standardised as `(x - mean) / std` first;
+      scalars or one value per channel.
 
   Example:
     >>> encoder = vit('vit_tiny', image_size=28, patch_size=4, channels=1)
@@ -120,6 +122,8 @@ class ViT(nn.Module):
   pooling: str = 'cls'
   initializer_range: float = 0.02
   dtype: Any = jnp.float32
+  input_mean: float | tuple[float, ...] = 0.0
+  input_std: float | tuple[float, ...] = 1.0
 
   @property
   def grid_size(self) -> int:
@@ -178,7 +182,8 @@ class ViT(nn.Module):
         hidden=self.hidden, patch_size=self.patch_size, num_patches=self.num_patches,
         class_token=self.class_token, dropout=self.dropout,
         initializer_range=self.initializer_range, dtype=self.dtype, name='embeddings')
-    x_BxTxD = embeddings(image_BxHxWxC, visible_BxK, train=train)
+    x_BxHxWxC = (image_BxHxWxC - jnp.asarray(self.input_mean)) / jnp.asarray(self.input_std)
+    x_BxTxD = embeddings(x_BxHxWxC, visible_BxK, train=train)
     b, t, _ = x_BxTxD.shape
     mask_Bx1xTxT = jnp.ones((b, 1, t, t), bool)
     for i in range(self.depth):

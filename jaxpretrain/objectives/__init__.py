@@ -8,3 +8,6 @@ from jaxpretrain.objectives.language import (TokenTask, causal_lm, clm_task, dis
 from jaxpretrain.objectives.reconstruction import corrupt, denoising
 from jaxpretrain.objectives.supervised import classification
 from jaxpretrain.objectives.pretext import rotate90, rotation_prediction
+from jaxpretrain.objectives.contrastive import nt_xent, simclr
+from jaxpretrain.objectives.masked_image import masked_image_modeling, patchify, unpatchify
+from jaxpretrain.objectives.mixing import cutmix, mixup, with_mixing
