@@ -47,3 +47,23 @@ def _vit(tiny):
 def encoder(variant=None):
   """The `model.encoder` section of the variant's family and size."""
   return {'conv': _conv, 'resnet': _resnet, 'vit': _vit}[family(variant)](is_tiny(variant))
+
+
+def pretrain_schedule(c, variant, *, steps, lr, warmup_steps, weight_decay, eval_every_steps=500):
+  """The schedule of a pre-training run on the unlabelled images (tiny: 4 steps of 16)."""
+  c.data.batch_size = 256
+  c.optimizer.lr = lr
+  c.optimizer.weight_decay = weight_decay
+  c.optimizer.warmup_steps = warmup_steps
+  c.train.steps = steps
+  c.train.eval_every_steps = eval_every_steps
+  c.checkpoint.best_metric = 'loss'
+  c.checkpoint.best_mode = 'min'
+  if is_tiny(variant):
+    c.data.batch_size = 16
+    c.data.eval_batch_size = 64
+    c.optimizer.warmup_steps = 1
+    c.train.steps = 4
+    c.train.eval_every_steps = 4
+    c.train.log_every = 2
+  return c

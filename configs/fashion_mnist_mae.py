@@ -15,7 +15,6 @@ common = import_file(pathlib.Path(__file__).with_name('fashion_mnist_common.py')
 def get_config(variant=None):
   tiny = common.is_tiny(variant)
   c = run_config()
-  c.data.batch_size = 256
   c.model = dict(name='mae', encoder=common.encoder('vit_tiny' if tiny else 'vit'),
                  decoder=dict(decoder_hidden=8 if tiny else 64,
                               decoder_depth=1 if tiny else 2,
@@ -23,18 +22,5 @@ def get_config(variant=None):
   c.objective = dict(name='masked_image_modeling', patch_size=4, mask_ratio=0.75,
                      norm_pix_loss=True)
   c.augment = dict(name='standard', max_shift=2, flip=True)
-  c.optimizer.lr = 1.5e-3
-  c.optimizer.weight_decay = 0.05
-  c.optimizer.warmup_steps = 100
-  c.train.steps = 2000
-  c.train.eval_every_steps = 500
-  c.checkpoint.best_metric = 'loss'
-  c.checkpoint.best_mode = 'min'
-  if tiny:
-    c.data.batch_size = 16
-    c.data.eval_batch_size = 64
-    c.optimizer.warmup_steps = 1
-    c.train.steps = 4
-    c.train.eval_every_steps = 4
-    c.train.log_every = 2
-  return c
+  return common.pretrain_schedule(c, variant, steps=2000, lr=1.5e-3, warmup_steps=100,
+                                  weight_decay=0.05)

@@ -18,25 +18,12 @@ def get_config(variant=None):
   if variant in (None, '', 'tiny'):
     variant = 'resnet' + ('_tiny' if variant == 'tiny' else '')
   c = run_config()
-  c.data.batch_size = 256
   c.model = dict(name='contrastive', encoder=common.encoder(variant),
                  projection=dict(projection_hidden=256, projection_dim=64))
+  if common.is_tiny(variant):
+    c.model.projection = dict(projection_hidden=8, projection_dim=4)
   c.objective = dict(name='simclr', temperature=0.5)
   c.augment = dict(name='simclr', scale=(0.3, 1.0), strength=0.5, grayscale_prob=0.0,
                    blur_prob=0.0)
-  c.optimizer.lr = 2e-3
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.warmup_steps = 100
-  c.train.steps = 2000
-  c.train.eval_every_steps = 500
-  c.checkpoint.best_metric = 'loss'
-  c.checkpoint.best_mode = 'min'
-  if common.is_tiny(variant):
-    c.model.projection = dict(projection_hidden=8, projection_dim=4)
-    c.data.batch_size = 16
-    c.data.eval_batch_size = 64
-    c.optimizer.warmup_steps = 1
-    c.train.steps = 4
-    c.train.eval_every_steps = 4
-    c.train.log_every = 2
-  return c
+  return common.pretrain_schedule(c, variant, steps=2000, lr=2e-3, warmup_steps=100,
+                                  weight_decay=1e-4)
