@@ -1,9 +1,12 @@
 """Small models and batches shared by the tests."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from jaxpretrain import parallel
 from jaxpretrain.models import Classifier, ConvEncoder
@@ -75,3 +78,20 @@ def run_pmap(state, batches, objective=None):
   for b in batches:
     state, metrics = step(state, parallel.split_for_pmap(b))
   return parallel.unreplicate(state), parallel.unreplicate(metrics)
+
+
+def copy_of(directory, tmp_path, *, config=None, weights=None, preprocessor=None):
+  """A saved Hugging Face `directory` in `tmp_path`, with config.json keys and weights
+  replaced (None deletes), and with `preprocessor` as its preprocessor_config.json if given."""
+  hf = json.loads((directory / 'config.json').read_text())
+  for key, value in (config or {}).items():
+    hf.pop(key) if value is None else hf.__setitem__(key, value)
+  (tmp_path / 'config.json').write_text(json.dumps(hf))
+  state_dict = load_file(directory / 'model.safetensors')
+  for key, value in (weights or {}).items():
+    state_dict.pop(key) if value is None else state_dict.__setitem__(key, value)
+  save_file(state_dict, tmp_path / 'model.safetensors')
+  (tmp_path / 'preprocessor_config.json').unlink(missing_ok=True)
+  if preprocessor is not None:
+    (tmp_path / 'preprocessor_config.json').write_text(json.dumps(preprocessor))
+  return tmp_path

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from safetensors.numpy import load_file, save_file
 from safetensors.torch import save_file as save_torch_file
 import torch
 import transformers
@@ -18,6 +17,7 @@ from jaxpretrain import convert, finetune
 from jaxpretrain.errors import CheckpointMismatchError, ConfigError
 from jaxpretrain.models import (BertForMaskedLM, GPTForCausalLM, Regressor, SequenceClassifier,
                                 TokenClassifier, Transformer)
+from tests.helpers import copy_of
 
 V, D, B, L = 99, 32, 3, 10
 PAD = {'bert': 0, 'roberta': 1, 'distilbert': 0, 'gpt2': 0}
@@ -168,19 +168,6 @@ def test_classifier_parity(tmp_path, architecture, model_type, num_labels, ours_
 def bert_dir(tmp_path_factory):
   """A saved tiny BertForMaskedLM, copied and broken by the error tests."""
   return save(hf_model('BertForMaskedLM', 'bert'), tmp_path_factory.mktemp('bert'))
-
-
-def copy_of(directory, tmp_path, *, config=None, weights=None):
-  """`directory` in `tmp_path`, with config.json keys and weights replaced (None deletes)."""
-  hf = json.loads((directory / 'config.json').read_text())
-  for key, value in (config or {}).items():
-    hf.pop(key) if value is None else hf.__setitem__(key, value)
-  (tmp_path / 'config.json').write_text(json.dumps(hf))
-  state_dict = load_file(directory / 'model.safetensors')
-  for key, value in (weights or {}).items():
-    state_dict.pop(key) if value is None else state_dict.__setitem__(key, value)
-  save_file(state_dict, tmp_path / 'model.safetensors')
-  return tmp_path
 
 
 def test_clear_errors_for_malformed_directories(bert_dir, tmp_path):

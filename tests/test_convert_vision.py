@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 import torch
 import transformers
 
@@ -18,6 +18,7 @@ from jaxpretrain.errors import CheckpointMismatchError, ConfigError
 from jaxpretrain.models.heads import Classifier
 from jaxpretrain.models.resnet import ResNet
 from jaxpretrain.models.vit import ViT
+from tests.helpers import copy_of
 
 B, NUM_LABELS = 2, 3
 RESNET_SIZE, VIT_SIZE = 32, 16
@@ -204,22 +205,6 @@ def test_from_pretrained_grafts_the_whole_encoder_under_a_new_head(resnet_dir, v
     assert tree_lib.flatten(initial['batch_stats'])
     state = transform.init_state({'batch_stats': initial['batch_stats']})
     jax.tree.map(np.testing.assert_array_equal, state['batch_stats'], pretrained['batch_stats'])
-
-
-def copy_of(directory, tmp_path, *, config=None, weights=None, preprocessor=None):
-  """`directory` in `tmp_path`, with config.json keys and weights replaced (None deletes)."""
-  hf = json.loads((directory / 'config.json').read_text())
-  for key, value in (config or {}).items():
-    hf.pop(key) if value is None else hf.__setitem__(key, value)
-  (tmp_path / 'config.json').write_text(json.dumps(hf))
-  state_dict = load_file(directory / 'model.safetensors')
-  for key, value in (weights or {}).items():
-    state_dict.pop(key) if value is None else state_dict.__setitem__(key, value)
-  save_file(state_dict, tmp_path / 'model.safetensors')
-  (tmp_path / 'preprocessor_config.json').unlink(missing_ok=True)
-  if preprocessor is not None:
-    (tmp_path / 'preprocessor_config.json').write_text(json.dumps(preprocessor))
-  return tmp_path
 
 
 def test_preprocessor_normalisation_only_when_it_normalises(resnet_dir, tmp_path):

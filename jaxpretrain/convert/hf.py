@@ -27,19 +27,16 @@ points and are converted by `jaxpretrain.convert.hf_vision`.
 """
 
 from collections.abc import Mapping
-import logging
 import os
 import re
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxpretrain import tree as tree_lib
-from jaxpretrain.convert import files, hf_vision
-from jaxpretrain.errors import CheckpointMismatchError, ConfigError
+from jaxpretrain.convert import files, hf_vision, rules
+from jaxpretrain.errors import ConfigError
 from jaxpretrain.models.resnet import ResNet
 from jaxpretrain.models.text_heads import (BertForMaskedLM, GPTForCausalLM, Regressor,
                                            SequenceClassifier, TokenClassifier)
@@ -151,16 +148,23 @@ _RULES = {'bert': _BERT_RULES, 'roberta': _BERT_RULES, 'distilbert': _DISTILBERT
 # `transformers`, and BERT's next-sentence head.
 _UNUSED = re.compile(r'(.*\.)?position_ids|h\.\d+\.attn\.(masked_)?bias|cls\.seq_relationship\..*')
 
-# Parameter names of a PyTorch module kind, and ours.
-_LEAVES = {
-    'linear': {'weight': 'kernel', 'bias': 'bias'},
-    'conv1d': {'weight': 'kernel', 'bias': 'bias'},
-    'qkv': {'weight': 'kernel', 'bias': 'bias'},
-    'norm': {'weight': 'scale', 'bias': 'bias', 'gamma': 'scale', 'beta': 'bias'},
-    'embedding': {'weight': 'embedding'},
-    'bias': {'bias': 'bias'},
-    'decoder': {'weight': 'decoder/kernel', 'bias': 'bias'},
+# Each kind's parameter names, ours, and layout.
+_LINEAR = {'weight': 'kernel', 'bias': 'bias'}
+_KINDS = {
+    'linear': rules.Kind(_LINEAR, weight=rules.linear_kernel),
+    'conv1d': rules.Kind(_LINEAR),
+    'qkv': rules.Kind(_LINEAR, split=('query', 'key', 'value')),
+    'norm': rules.Kind({'weight': 'scale', 'bias': 'bias', 'gamma': 'scale', 'beta': 'bias'}),
+    'embedding': rules.Kind({'weight': 'embedding'}),
+    'bias': rules.Kind({'bias': 'bias'}),
+    # The decoder's bias is the head's `bias`, which older versions store twice; sorted
+    # names put `*.bias` before `*.decoder.bias`.
+    'decoder': rules.Kind({'weight': 'decoder/kernel', 'bias': 'bias'},
+                          weight=rules.linear_kernel, repeats=True),
 }
+# With tied word embeddings the decoder's weight is the embedding table again.
+_TIED_KINDS = {**_KINDS, 'decoder': _KINDS['decoder']._replace(
+    leaves={'weight': rules.Unused('tied to the word embeddings'), 'bias': 'bias'})}
 
 
 def load_hf(directory: str | os.PathLike, *, architecture: str | None = None
@@ -257,26 +261,14 @@ def from_state_dict(hf_config: Mapping[str, Any], state_dict: Mapping[str, Any],
   if model_type not in _FAMILIES:
     raise ConfigError(f'model_type {model_type!r} is not supported; jaxpretrain.convert reads '
                       f'{sorted([*_FAMILIES, *hf_vision.MODEL_TYPES])} checkpoints.')
-  prefix, backbone = _FAMILIES[model_type]
-  architecture = architecture or (hf_config.get('architectures') or [backbone])[0]
-  if ARCHITECTURES.get(architecture, (None,))[0] != model_type:
-    supported = [a for a, (t, _) in ARCHITECTURES.items() if t == model_type]
-    raise ConfigError(f'architecture {architecture!r} is not supported for model_type '
-                      f'{model_type!r}; supported: {supported}. Pass architecture=... to load '
-                      'the backbone or another compatible model.')
-  task = ARCHITECTURES[architecture][1]
+  prefix, architecture, task = rules.resolve(hf_config, architecture, _FAMILIES, ARCHITECTURES,
+                                             backbone='backbone')
   has_pooler = any(k.removeprefix(prefix).startswith('pooler.') for k in state_dict)
   model = _model(hf_config, task, has_pooler)
-  flat, sources, unused = _convert(state_dict, prefix, _RULES[model_type],
-                                   model.config.tie_word_embeddings)
-  expected = _expected_shapes(model)
-  unused += sorted({sources[p] for p in flat if p not in expected})
-  if unused:
-    logging.info('load_hf: %s does not use these checkpoint weights: %s', architecture,
-                 ', '.join(unused))
-  flat = {p: v for p, v in flat.items() if p in expected}
-  _check(flat, sources, expected, architecture)
-  params = tree_lib.unflatten({p: jnp.asarray(v, jnp.float32) for p, v in flat.items()})
+  kinds = _TIED_KINDS if model.config.tie_word_embeddings else _KINDS
+  flat, sources, unused = rules.rename(state_dict, prefix, _RULES[model_type], kinds,
+                                      unused=_UNUSED.fullmatch)
+  params = rules.collect(flat, sources, unused, _expected_shapes(model), architecture)
   if isinstance(model, Transformer):
     params = params['encoder']
   return model, {'params': params}
@@ -361,80 +353,10 @@ def _activation(name: str) -> str:
   return _ACTIVATIONS[name]
 
 
-def _convert(state_dict: Mapping[str, Any], prefix: str, rules: tuple[tuple[str, str, str], ...],
-             tied: bool) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
-  """Renames and reshapes PyTorch weights onto our `/`-joined parameter paths.
-
-  Rules match the names without `prefix`, which task models put before the
-  backbone and backbone-only models do not.
-
-  Returns:
-    `(flat, sources, unused)`: our parameters by path, the PyTorch name each
-    came from, and the PyTorch names deliberately left out.
-
-  Raises:
-    CheckpointMismatchError: listing the weights that no rule knows.
-  """
-  compiled = [(re.compile(pattern), target, kind) for pattern, target, kind in rules]
-  flat, sources, unused, unknown = {}, {}, [], []
-  for name in sorted(state_dict):
-    module, _, leaf = name.removeprefix(prefix).rpartition('.')
-    hit = next(((m, t, k) for p, t, k in compiled
-                if leaf in _LEAVES[k] and (m := p.fullmatch(module))), None)
-    if hit is None:
-      (unused if _UNUSED.fullmatch(name.removeprefix(prefix)) else unknown).append(name)
-      continue
-    match, target, kind = hit
-    path = f'{match.expand(target)}/{_LEAVES[kind][leaf]}'
-    if kind == 'decoder' and leaf == 'weight' and tied:
-      unused.append(f'{name} (tied to the word embeddings)')
-      continue
-    value = np.asarray(state_dict[name])
-    if kind in ('linear', 'decoder') and leaf == 'weight':
-      value = value.T
-    if kind == 'decoder' and path in flat:
-      # The decoder's bias is the head's `bias`, which older versions store twice; sorted
-      # names put `*.bias` before `*.decoder.bias`.
-      continue
-    if path in flat:
-      raise CheckpointMismatchError(f'{sources[path]} and {name} both convert to {path}; pass '
-                                    'architecture=... for the model the checkpoint was saved from.')
-    if kind == 'qkv':
-      base, _, leaf_name = path.rpartition('/')
-      for part, piece in zip(('query', 'key', 'value'), np.array_split(value, 3, axis=-1)):
-        flat[f'{base}/{part}/{leaf_name}'], sources[f'{base}/{part}/{leaf_name}'] = piece, name
-      continue
-    flat[path], sources[path] = value, name
-  if unknown:
-    raise CheckpointMismatchError(
-        f'{len(unknown)} checkpoint weight(s) match nothing jaxpretrain.convert knows: '
-        f'{unknown[:20]}{" ..." if len(unknown) > 20 else ""}. The checkpoint may come from a '
-        'variant of the architecture that is not supported.')
-  return flat, sources, unused
-
-
 def _expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
   """Our model's parameter shapes by `/`-joined path, always with the backbone under `encoder/`."""
   batch = {'input_ids': jnp.zeros((1, 1), jnp.int32)}
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
-  params = shapes['params']
+  params = rules.shapes(model, batch)['params']
   if isinstance(model, Transformer):
     params = {'encoder': params}
   return {p: tuple(x.shape) for p, x in tree_lib.flatten(params).items()}
-
-
-def _check(flat: Mapping[str, np.ndarray], sources: Mapping[str, str],
-           expected: Mapping[str, tuple[int, ...]], architecture: str) -> None:
-  """Raises if a parameter is missing or has the wrong shape."""
-  missing = sorted(p for p in expected if p not in flat)
-  if missing:
-    raise CheckpointMismatchError(
-        f'the checkpoint lacks weights that {architecture} needs: {missing}. Check that the '
-        'directory holds all weight files, or pass architecture=... for a model that fits.')
-  wrong = [f'{sources[p]} {np.shape(flat[p])} for {p} {expected[p]}' for p in sorted(flat)
-           if tuple(np.shape(flat[p])) != expected[p]]
-  if wrong:
-    raise CheckpointMismatchError(
-        f'weights whose shapes disagree with config.json (converted shape, then what '
-        f'{architecture} expects): {wrong}')
-

@@ -33,19 +33,17 @@ at INFO level.
 
 from collections.abc import Mapping
 import json
-import logging
 import os
 import pathlib
-import re
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxpretrain import tree as tree_lib
-from jaxpretrain.errors import CheckpointMismatchError, ConfigError
+from jaxpretrain.convert import rules
+from jaxpretrain.errors import ConfigError
 from jaxpretrain.models.heads import Classifier
 from jaxpretrain.models.resnet import BOTTLENECK_EXPANSION, ResNet
 from jaxpretrain.models.vit import ViT
@@ -111,19 +109,22 @@ _VIT_RULES = (
 )
 _RULES = {'resnet': _RESNET_RULES, 'vit': _VIT_RULES}
 
-# Parameter names of a PyTorch module kind, and ours as (collection, name); None for
-# stored values no model here uses.
+# Each kind's parameter names, ours as (collection, name), and layout.
 _PARAM, _STATS = 'params', 'batch_stats'
-_LEAVES: dict[str, dict[str, tuple[str, str] | None]] = {
-    'conv': {'weight': (_PARAM, 'kernel'), 'bias': (_PARAM, 'bias')},
-    'linear': {'weight': (_PARAM, 'kernel'), 'bias': (_PARAM, 'bias')},
-    'norm': {'weight': (_PARAM, 'scale'), 'bias': (_PARAM, 'bias')},
-    'batch_norm': {'weight': (_PARAM, 'scale'), 'bias': (_PARAM, 'bias'),
-                   'running_mean': (_STATS, 'mean'), 'running_var': (_STATS, 'var'),
-                   'num_batches_tracked': None},  # a step counter; momentum is fixed
-    'embeddings': {'cls_token': (_PARAM, 'cls_token'),
-                   'position_embeddings': (_PARAM, 'position_embeddings'),
-                   'mask_token': (_PARAM, 'mask_token')},  # masked image modelling only
+_KINDS = {
+    'conv': rules.Kind({'weight': (_PARAM, 'kernel'), 'bias': (_PARAM, 'bias')},
+                       weight=rules.conv_kernel),
+    'linear': rules.Kind({'weight': (_PARAM, 'kernel'), 'bias': (_PARAM, 'bias')},
+                         weight=rules.linear_kernel),
+    'norm': rules.Kind({'weight': (_PARAM, 'scale'), 'bias': (_PARAM, 'bias')}),
+    'batch_norm': rules.Kind({'weight': (_PARAM, 'scale'), 'bias': (_PARAM, 'bias'),
+                              'running_mean': (_STATS, 'mean'), 'running_var': (_STATS, 'var'),
+                              # A step counter; momentum is fixed.
+                              'num_batches_tracked': rules.Unused()}),
+    'embeddings': rules.Kind({'cls_token': (_PARAM, 'cls_token'),
+                              'position_embeddings': (_PARAM, 'position_embeddings'),
+                              # Masked image modelling only.
+                              'mask_token': (_PARAM, 'mask_token')}),
 }
 
 
@@ -166,29 +167,17 @@ def from_state_dict(hf_config: Mapping[str, Any], state_dict: Mapping[str, Any],
   if model_type not in _FAMILIES:
     raise ConfigError(f'model_type {model_type!r} is not a vision model; '
                       f'jaxpretrain.convert.hf_vision reads {list(MODEL_TYPES)} checkpoints.')
-  prefix, backbone = _FAMILIES[model_type]
-  architecture = architecture or (hf_config.get('architectures') or [backbone])[0]
-  if VISION_ARCHITECTURES.get(architecture, (None,))[0] != model_type:
-    supported = [a for a, (t, _) in VISION_ARCHITECTURES.items() if t == model_type]
-    raise ConfigError(f'architecture {architecture!r} is not supported for model_type '
-                      f'{model_type!r}; supported: {supported}. Pass architecture=... to load '
-                      'the encoder or another compatible model.')
-  task = VISION_ARCHITECTURES[architecture][1]
+  prefix, architecture, task = rules.resolve(hf_config, architecture, _FAMILIES,
+                                             VISION_ARCHITECTURES, backbone='encoder')
   mean, std = _normalisation(preprocessor, hf_config.get('num_channels') or 3)
   encoder = (_resnet if model_type == 'resnet' else _vit)(hf_config)
   if mean is not None:
     encoder = encoder.clone(input_mean=mean, input_std=std)
   num_labels = hf_config.get('num_labels') or len(hf_config.get('id2label') or {}) or 2
   model = encoder if task == 'backbone' else Classifier(encoder, num_labels)
-  flat, sources, unused = _convert(state_dict, prefix, _RULES[model_type])
-  expected = _expected_shapes(model, hf_config)
-  unused += sorted({sources[p] for p in flat if p not in expected})
-  if unused:
-    logging.info('load_hf: %s does not use these checkpoint weights: %s', architecture,
-                 ', '.join(unused))
-  flat = {p: v for p, v in flat.items() if p in expected}
-  _check(flat, sources, expected, architecture)
-  variables = tree_lib.unflatten({p: jnp.asarray(v, jnp.float32) for p, v in flat.items()})
+  flat, sources, unused = rules.rename(state_dict, prefix, _RULES[model_type], _KINDS)
+  variables = rules.collect(flat, sources, unused, _expected_shapes(model, hf_config),
+                            architecture)
   if task == 'backbone':
     variables = {name: tree['encoder'] for name, tree in variables.items()}
   return model, variables
@@ -271,52 +260,6 @@ def _normalisation(preprocessor: Mapping[str, Any] | None, channels: int
           tuple(float(s) for s in np.broadcast_to(std, (channels,))))
 
 
-def _convert(state_dict: Mapping[str, Any], prefix: str, rules: tuple[tuple[str, str, str], ...]
-             ) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
-  """Renames and reshapes PyTorch weights onto our `collection/`-led, `/`-joined paths.
-
-  Rules match the names without `prefix`, which classifiers put before the
-  encoder and encoder-only models do not.
-
-  Returns:
-    `(flat, sources, unused)`: our variables by path, the PyTorch name each
-    came from, and the PyTorch names deliberately left out.
-
-  Raises:
-    CheckpointMismatchError: listing the weights that no rule knows.
-  """
-  compiled = [(re.compile(pattern), target, kind) for pattern, target, kind in rules]
-  flat, sources, unused, unknown = {}, {}, [], []
-  for name in sorted(state_dict):
-    module, _, leaf = name.removeprefix(prefix).rpartition('.')
-    hit = next(((m, t, k) for p, t, k in compiled
-                if leaf in _LEAVES[k] and (m := p.fullmatch(module))), None)
-    if hit is None:
-      unknown.append(name)
-      continue
-    match, target, kind = hit
-    if _LEAVES[kind][leaf] is None:
-      unused.append(name)
-      continue
-    collection, leaf_name = _LEAVES[kind][leaf]
-    path = f'{collection}/{match.expand(target)}/{leaf_name}'
-    if path in flat:
-      raise CheckpointMismatchError(f'{sources[path]} and {name} both convert to {path}; pass '
-                                    'architecture=... for the model the checkpoint was saved from.')
-    value = np.asarray(state_dict[name])
-    if kind == 'conv' and leaf == 'weight':
-      value = value.transpose(2, 3, 1, 0)
-    elif kind == 'linear' and leaf == 'weight':
-      value = value.T
-    flat[path], sources[path] = value, name
-  if unknown:
-    raise CheckpointMismatchError(
-        f'{len(unknown)} checkpoint weight(s) match nothing jaxpretrain.convert knows: '
-        f'{unknown[:20]}{" ..." if len(unknown) > 20 else ""}. The checkpoint may come from a '
-        'variant of the architecture that is not supported.')
-  return flat, sources, unused
-
-
 def _expected_shapes(model: nn.Module, hf: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   """Our model's variable shapes by `collection/`-led path, the encoder always under `encoder/`."""
   encoder = model.encoder if isinstance(model, Classifier) else model
@@ -324,24 +267,8 @@ def _expected_shapes(model: nn.Module, hf: Mapping[str, Any]) -> dict[str, tuple
   size = encoder.image_size if isinstance(encoder, ViT) else 64
   image = jnp.zeros((1, size, size, hf.get('num_channels') or 3), jnp.float32)
   batch = {'image': image} if isinstance(model, Classifier) else image
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
+  shapes = rules.shapes(model, batch)
   if not isinstance(model, Classifier):
     shapes = {name: {'encoder': tree} for name, tree in shapes.items()}
   return {f'{name}/{p}': tuple(x.shape) for name, tree in shapes.items()
           for p, x in tree_lib.flatten(tree).items()}
-
-
-def _check(flat: Mapping[str, np.ndarray], sources: Mapping[str, str],
-           expected: Mapping[str, tuple[int, ...]], architecture: str) -> None:
-  """Raises if a variable is missing or has the wrong shape."""
-  missing = sorted(p for p in expected if p not in flat)
-  if missing:
-    raise CheckpointMismatchError(
-        f'the checkpoint lacks weights that {architecture} needs: {missing}. Check that the '
-        'directory holds all weight files, or pass architecture=... for a model that fits.')
-  wrong = [f'{sources[p]} {np.shape(flat[p])} for {p} {expected[p]}' for p in sorted(flat)
-           if tuple(np.shape(flat[p])) != expected[p]]
-  if wrong:
-    raise CheckpointMismatchError(
-        f'weights whose shapes disagree with config.json (converted shape, then what '
-        f'{architecture} expects): {wrong}')

@@ -1,13 +1,11 @@
 """Vision Transformer and masked autoencoder models: shapes, poolings, presets, HF parity."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpretrain.convert import files
+from jaxpretrain import convert
 from jaxpretrain.errors import ConfigError
 from jaxpretrain.models.core import init_variables, make_apply_fn
 from jaxpretrain.models.heads import Classifier
@@ -122,55 +120,6 @@ def test_configuration_errors_name_the_fix():
     jax.eval_shape(tiny_vit().init, KEY, images(channels=3))
 
 
-# Hugging Face's ViT: the names `save_pretrained` writes (the Hub's), and ours.
-_HF_RULES = (
-    (r'embeddings\.cls_token', 'encoder/embeddings/cls_token', 'tensor'),
-    (r'embeddings\.position_embeddings', 'encoder/embeddings/position_embeddings', 'tensor'),
-    (r'embeddings\.patch_embeddings\.projection', 'encoder/embeddings/patch_embeddings', 'conv'),
-    (r'encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)',
-     r'encoder/layer_\1/attention/\2', 'linear'),
-    (r'encoder\.layer\.(\d+)\.attention\.output\.dense', r'encoder/layer_\1/attention/output',
-     'linear'),
-    (r'encoder\.layer\.(\d+)\.layernorm_before', r'encoder/layer_\1/attention_norm', 'norm'),
-    (r'encoder\.layer\.(\d+)\.intermediate\.dense', r'encoder/layer_\1/mlp/input', 'linear'),
-    (r'encoder\.layer\.(\d+)\.output\.dense', r'encoder/layer_\1/mlp/output', 'linear'),
-    (r'encoder\.layer\.(\d+)\.layernorm_after', r'encoder/layer_\1/mlp_norm', 'norm'),
-    (r'layernorm', 'encoder/final_norm', 'norm'),
-    (r'classifier', 'head/dense', 'linear'),
-)
-_HF_LEAVES = {'linear': {'weight': 'kernel', 'bias': 'bias'},
-              'conv': {'weight': 'kernel', 'bias': 'bias'},
-              'norm': {'weight': 'scale', 'bias': 'bias'}}
-
-
-def hf_vit_to_params(state_dict):
-  """A `ViTForImageClassification` state dict, as saved, as `Classifier(ViT(...))` parameters."""
-  params = {}
-  for name, value in state_dict.items():
-    name = name.removeprefix('vit.')
-    for pattern, ours, kind in _HF_RULES:
-      if kind == 'tensor':
-        match = re.fullmatch(pattern, name)
-        path = ours
-      else:
-        match = re.fullmatch(pattern + r'\.(weight|bias)', name)
-        path = match and match.expand(ours) + '/' + _HF_LEAVES[kind][match.group(match.lastindex)]
-      if match:
-        break
-    else:
-      raise KeyError(f'unknown weight {name}')
-    if kind == 'linear' and value.ndim == 2:
-      value = value.T  # (out, in) -> (in, out)
-    if kind == 'conv' and value.ndim == 4:
-      value = value.transpose(2, 3, 1, 0)  # (D, C, p, p) -> (p, p, C, D)
-    node = params
-    *parents, leaf = path.split('/')
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = jnp.asarray(value)
-  return params
-
-
 def test_hugging_face_vit_parity(tmp_path):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -183,8 +132,11 @@ def test_hugging_face_vit_parity(tmp_path):
     for name, p in hf.named_parameters():
       if 'layernorm' in name:
         p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith('weight') else 0.0))
-  hf.save_pretrained(tmp_path)
-  params = hf_vit_to_params(files.read_state_dict(tmp_path))
+  hf.save_pretrained(tmp_path)  # The Hub's names, as `save_pretrained` writes them.
+  _, variables = convert.from_state_dict(convert.read_config(tmp_path),
+                                         convert.read_state_dict(tmp_path),
+                                         architecture='ViTForImageClassification')
+  params = variables['params']
 
   encoder = ViT(image_size=SIZE, patch_size=PATCH, channels=3, hidden=D, depth=2, heads=2,
                 mlp_size=64)
