@@ -56,21 +56,19 @@ import dataclasses
 import functools
 import json
 import os
-import platform
 import re
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any, NamedTuple
 
 import numpy as np
 
+import speed_common as common
+
 CLS, SEP, MASK = 101, 102, 103  # BERT's WordPiece ids; 0 is padding, 100 unknown.
 SPECIAL = (0, 100, CLS, SEP, MASK)
 LR, WEIGHT_DECAY = 1e-4, 0.01
-MATMUL = 4096
 
 
 class Workload(NamedTuple):
@@ -166,27 +164,6 @@ def useful_flops(w: Workload) -> float:
   return blocks + 6 * tokens * w.hidden * w.vocab
 
 
-def _rss_mb() -> float:
-  with open('/proc/self/statm') as f:
-    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
-
-
-def _peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB.
-
-
-def _reset_peak_rss() -> None:
-  """Restarts the peak RSS (Linux's VmHWM, which `ru_maxrss` reads) from the current RSS."""
-  with open('/proc/self/clear_refs', 'w') as f:
-    f.write('5')
-
-
-def _memory(baseline: float, peak_before_reset: float) -> dict[str, float]:
-  """Peak RSS over the whole run and over the timed steps alone, both above `baseline`."""
-  return dict(peak_mb=max(peak_before_reset, _peak_rss_mb()) - baseline,
-              train_peak_mb=_peak_rss_mb() - baseline)
-
-
 def _token_ids(w: Workload, rng: np.random.Generator) -> np.ndarray:
   """A batch of random ordinary ids; BERT rows start with [CLS] and end with [SEP]."""
   ids = rng.integers(1000, w.vocab, (w.batch, w.length), dtype=np.int64)
@@ -207,16 +184,6 @@ def _mask_for_torch(ids: np.ndarray, w: Workload, rng: np.random.Generator
     swapped = picked[(kind >= 0.8) & (kind < 0.9)]
     inputs[row, swapped] = rng.integers(1000, w.vocab, swapped.size)
   return inputs, labels
-
-
-def _timed(step: Any, count: int) -> list[float]:
-  """Seconds each of `count` calls `step(i)` took."""
-  times = []
-  for i in range(count):
-    start = time.perf_counter()
-    step(i)
-    times.append(time.perf_counter() - start)
-  return times
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,24 +238,11 @@ def _op_kinds(hlo: str, vocab: int) -> dict[str, str]:
   Judged by the operations inside it, its shape and the source it came from (the
   Flax module path in its `op_name`).
   """
-  bodies, current = {}, None
-  for line in hlo.splitlines():
-    if line.rstrip().endswith('{') and not line.startswith(' '):
-      current = line.split()[1 if line.startswith('ENTRY') else 0].lstrip('%')
-      bodies[current] = []
-    elif current and line.startswith(' '):
-      bodies[current].append(line)
   kinds = {}
-  for line in (l for body in bodies.values() for l in body):
-    name, _, rest = line.strip().removeprefix('ROOT ').partition(' = ')
-    rest = re.sub(r'\{[0-9,]*\}', '', rest)  # Layouts, whose commas would count as dimensions.
+  for name, rest, body in common.hlo_instructions(hlo, strip_layouts=True):
     shape = rest[:rest.index(')') + 1] if rest.startswith('(') else rest.split(' ')[0]
     source = (re.findall(r'op_name="([^"]*)"', rest) or [''])[0]
-    called = re.findall(r'calls=%([\w.\-]+)', rest)
-    body = ' '.join(bodies.get(called[0], [])) if called else rest
-    op = lambda *names: any(f' {n}(' in f' {body}' for n in names)
-    if not called and op('while', 'call', 'conditional'):
-      continue  # Containers: what they run has events of its own.
+    op = lambda *names: common.has_op(body, *names)
     if op('dot', 'convolution'):
       kind = ('matmuls: vocabulary projection' if str(vocab) in rest + body else
               'matmuls: attention scores and values' if '->' in source else
@@ -309,35 +263,8 @@ def _op_kinds(hlo: str, vocab: int) -> dict[str, str]:
       kind = 'AdamW, gradient norm'
     else:
       kind = 'other: embeddings, residual sums, ...'
-    kinds[name.lstrip('%')] = kind
+    kinds[name] = kind
   return kinds
-
-
-def _profile(run: Any, steps: int, kinds: dict[str, str]) -> dict[str, float]:
-  """Seconds per step by kind of operation, from a `jax.profiler` trace of `steps` steps."""
-  import glob
-  import tempfile
-  import jax
-  with tempfile.TemporaryDirectory() as trace_dir:
-    jax.profiler.start_trace(trace_dir)
-    start = time.perf_counter()
-    for i in range(steps):
-      run(i)
-    wall = time.perf_counter() - start
-    jax.profiler.stop_trace()
-    trace = jax.profiler.ProfileData.from_file(
-        glob.glob(f'{trace_dir}/**/*.xplane.pb', recursive=True)[0])
-    seconds = {'step (wall time)': wall / steps}
-    for plane in trace.planes:
-      for line in plane.lines:
-        if 'XLA' not in line.name:
-          continue
-        for event in line.events:
-          if event.name.startswith(('ThunkExecutor', 'SlinkyThreadPool')):
-            continue  # Spans over the operations, not operations.
-          kind = kinds.get(event.name, 'other: embeddings, residual sums, ...')
-          seconds[kind] = seconds.get(kind, 0.0) + event.duration_ns / 1e9 / steps
-  return seconds
 
 
 def _jax_program(w: Workload, variant: Variant, batch: dict[str, Any]) -> tuple[Any, Any, float]:
@@ -383,7 +310,7 @@ def jax_worker(w: Workload, steps: int, warmup: int, variant: Variant = VARIANTS
   import jax
 
   batches = jax_batches(w)
-  baseline = _rss_mb()
+  baseline = common.rss_mb()
   programs = [_jax_program(w, v, batches[0])
               for v in ([variant, VARIANTS['default']] if paired else [variant])]
   states = [state for _, state, _ in programs]
@@ -394,33 +321,28 @@ def jax_worker(w: Workload, steps: int, warmup: int, variant: Variant = VARIANTS
     states[k], metrics = programs[k][0](states[k], batches[i % len(batches)])
     losses[k].append(jax.block_until_ready((states[k], metrics))[1]['loss'])
 
-  def run(count: int, record: bool) -> None:
-    for i in range(count):
-      for k in range(len(programs)):
-        start = time.perf_counter()
-        step(k, i)
-        if record:
-          times[k].append(time.perf_counter() - start)
+  def each(i: int) -> None:
+    for k in range(len(programs)):
+      start = time.perf_counter()
+      step(k, i)
+      times[k].append(time.perf_counter() - start)
 
-  run(warmup, record=False)
-  peak = _peak_rss_mb()
-  _reset_peak_rss()
-  run(steps, record=True)
-  memory = _memory(baseline, peak)
+  _, _, memory = common.timed_steps(each, warmup, steps, baseline)
+  timed = [t[warmup:] for t in times]
   compiled = programs[0][0]
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  result = dict(times=times[0], compile_s=programs[0][2], **memory,
+  result = dict(times=timed[0], compile_s=programs[0][2], **memory,
                 xla_temp_mb=[p.memory_analysis().temp_size_in_bytes / 2 ** 20
                              for p, _, _ in programs],
                 params=sum(x.size for x in jax.tree.leaves(states[0].params)),
                 losses=[float(losses[0][0]), float(losses[0][-1])],
-                xla_flops=float(cost.get('flops', 0.0)),
+                xla_flops=common.xla_flops(compiled),
                 threads=f'XLA:CPU, {os.cpu_count()} cores, PRNG {variant.prng}')
   if paired:
-    result['default_times'] = times[1]
+    result['default_times'] = timed[1]
   if profile:
-    result['profile'] = _profile(lambda i: step(0, i), 3, _op_kinds(compiled.as_text(), w.vocab))
+    result['profile'] = common.profile(lambda i: step(0, i), 3,
+                                       _op_kinds(compiled.as_text(), w.vocab),
+                                       other='other: embeddings, residual sums, ...')
   return result
 
 
@@ -444,7 +366,7 @@ def torch_worker(w: Workload, steps: int, warmup: int, threads: int) -> dict[str
     if w.masked:
       batch['token_type_ids'] = torch.zeros(w.batch, w.length, dtype=torch.int64)
     batches.append(batch)
-  baseline = _rss_mb()
+  baseline = common.rss_mb()
   if w.masked:
     config = transformers.BertConfig(
         vocab_size=w.vocab, hidden_size=w.hidden, num_hidden_layers=w.layers,
@@ -467,67 +389,29 @@ def torch_worker(w: Workload, steps: int, warmup: int, threads: int) -> dict[str
     optimizer.zero_grad(set_to_none=True)
     losses.append(loss.item())
 
-  _timed(step, warmup)
-  peak = _peak_rss_mb()
-  _reset_peak_rss()
-  times = _timed(step, steps)
-  return dict(times=times, compile_s=None, **_memory(baseline, peak),
+  _, times, memory = common.timed_steps(step, warmup, steps, baseline)
+  return dict(times=times, compile_s=None, **memory,
               params=sum(p.numel() for p in model.parameters()), losses=[losses[0], losses[-1]],
               threads=f'{torch.get_num_threads()} intra-op threads, '
                       f'attention {model.config._attn_implementation}')
 
 
 # ---------------------------------------------------------------------------------------------
-# Matmul peak
-
-
-def matmul_worker(library: str, repeats: int) -> dict[str, Any]:
-  """Seconds per float32 MATMUL^3 matmul, `repeats` times after one warm-up."""
-  rng = np.random.default_rng(0)
-  a, b = (rng.standard_normal((MATMUL, MATMUL), np.float32) for _ in range(2))
-  if library == 'jax':
-    import jax
-    matmul = jax.jit(lambda x, y: x @ y)
-    a, b = jax.device_put(a), jax.device_put(b)
-    run = lambda _: matmul(a, b).block_until_ready()
-  elif library == 'torch':
-    import torch
-    torch.set_num_threads(os.cpu_count())
-    a, b = torch.from_numpy(a), torch.from_numpy(b)
-    run = lambda _: torch.mm(a, b)
-  else:
-    run = lambda _: a @ b
-  _timed(run, 1)
-  return dict(times=_timed(run, repeats))
-
-
-# ---------------------------------------------------------------------------------------------
 # Driver
-
-
-def _spawn(args: list[str]) -> dict[str, Any]:
-  """Runs this script as a worker in a fresh process; returns its JSON result."""
-  out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True,
-                       text=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _median_step(results: list[dict[str, Any]]) -> float:
-  return statistics.median([t for r in results for t in r['times']])
 
 
 def measure(names: list[str], rounds: int, steps: int, warmup: int, threads: int
             ) -> tuple[dict, dict]:
   """All runs, frameworks alternating; returns the runs and the matmul timings."""
   runs = {(f, n): [] for n in names for f in ('jax', 'torch')}
-  matmuls = {lib: [] for lib in ('jax', 'numpy', 'torch')}
+  matmuls = {lib: [] for lib in common.LIBRARIES}
   for r in range(rounds):
-    for lib in matmuls:
-      matmuls[lib].append(_spawn(['--worker', 'matmul', '--library', lib]))
+    common.spawn_matmuls(__file__, matmuls)
     for name in names:
       for framework in (('jax', 'torch') if r % 2 == 0 else ('torch', 'jax')):
-        result = _spawn(['--worker', framework, '--workload', name, '--steps', str(steps),
-                         '--warmup', str(warmup), '--threads', str(threads)])
+        result = common.spawn(__file__, ['--worker', framework, '--workload', name, '--steps',
+                                         str(steps), '--warmup', str(warmup), '--threads',
+                                         str(threads)])
         print(f'round {r}, {framework}, {name}: median step '
               f'{statistics.median(result["times"]):.3f} s', file=sys.stderr)
         runs[(framework, name)].append(result)
@@ -536,8 +420,7 @@ def measure(names: list[str], rounds: int, steps: int, warmup: int, threads: int
 
 def table(runs: dict, matmuls: dict, names: list[str]) -> str:
   """The Markdown table of the runs against the matmul peak."""
-  peaks = {lib: 2 * MATMUL ** 3 / _median_step(ms) for lib, ms in matmuls.items()}
-  peak = peaks['jax']
+  peaks = common.matmul_peaks(matmuls)
   lines = ['| framework | workload | tokens/s | speed-up vs PyTorch | compile | '
            'peak memory: run (timed steps) | useful GFLOP/s | % of matmul peak: JAX (best) | '
            'loss: first, last step |',
@@ -548,19 +431,15 @@ def table(runs: dict, matmuls: dict, names: list[str]) -> str:
     speed = {}
     for framework in ('torch', 'jax'):
       results = runs[(framework, name)]
-      step_s = _median_step(results)
+      step_s = common.median_step(results)
       speed[framework] = w.batch * w.length / step_s
-      compile_s = [r['compile_s'] for r in results]
-      compile_cell = ('n/a' if compile_s[0] is None
-                      else f'{statistics.median(compile_s):.1f} s')
       flops = useful_flops(w) / step_s
       label = {'jax': 'JAX (jaxpretrain)', 'torch': 'PyTorch eager (HF)'}[framework]
       lines.append(
           f"| {label} | {w.title} | {speed[framework]:,.0f} | "
-          f"{speed[framework] / speed['torch']:.2f}× | {compile_cell} | "
-          f"{max(r['peak_mb'] for r in results):,.0f} MB "
-          f"({max(r['train_peak_mb'] for r in results):,.0f} MB) | {flops / 1e9:.1f} | "
-          f"{100 * flops / peak:.0f}% ({100 * flops / max(peaks.values()):.0f}%) | "
+          f"{speed[framework] / speed['torch']:.2f}× | {common.compile_cell(results)} | "
+          f"{common.memory_cell(results)} | {flops / 1e9:.1f} | "
+          f"{common.peak_share(flops, peaks)} | "
           f"{results[0]['losses'][0]:.2f}, {results[0]['losses'][1]:.2f} |")
       notes.append(f'{label}, {w.title}: {results[0]["params"]:,} parameters, '
                    f'{results[0]["threads"]}, {len(results)} run(s) of '
@@ -571,11 +450,7 @@ def table(runs: dict, matmuls: dict, names: list[str]) -> str:
   lines += ['', 'Useful GFLOP per step: '
             + ', '.join(f'{WORKLOADS[n].title} {useful_flops(WORKLOADS[n]) / 1e9:.1f}'
                         for n in names) + '.',
-            'Matmul peak, float32 4096³ (median of '
-            f"{sum(len(m['times']) for m in matmuls['jax'])}): "
-            + ', '.join(f'{lib} {p / 1e9:.0f} GFLOP/s' for lib, p in peaks.items())
-            + '.',
-            f'Machine: {platform.machine()}, {os.cpu_count()} cores.', '',
+            *common.machine_lines(matmuls), '',
             *[f'- {n}' for n in notes]]
   return '\n'.join(lines)
 
@@ -601,12 +476,12 @@ def breakdown(names: list[str], variants: list[str], rounds: int, steps: int,
         if variant.xla_flags:
           pair = [['--variant', 'default'], ['--variant', v]][::1 if r % 2 == 0 else -1]
           for extra in pair:
-            (ours if extra[1] == v else theirs).append(_spawn(args + extra))
+            (ours if extra[1] == v else theirs).append(common.spawn(__file__, args + extra))
         else:
-          ours.append(_spawn(args + ['--variant', v, '--paired']))
+          ours.append(common.spawn(__file__, args + ['--variant', v, '--paired']))
           theirs.append(dict(times=ours[-1]['default_times'],
                              xla_temp_mb=ours[-1]['xla_temp_mb'][1:]))
-      default_s, variant_s = _median_step(theirs), _median_step(ours)
+      default_s, variant_s = common.median_step(theirs), common.median_step(ours)
       print(f'{name}, {v}: {default_s:.3f} s -> {variant_s:.3f} s', file=sys.stderr)
       lines.append(
           f'| {w.title} | {variant.what} | {1000 * default_s:.0f} → {1000 * variant_s:.0f} ms | '
@@ -620,8 +495,9 @@ def breakdown(names: list[str], variants: list[str], rounds: int, steps: int,
 
 def profile(names: list[str], steps: int, warmup: int) -> str:
   """Where JAX's default step spends its time, by kind of operation; a Markdown table."""
-  results = {n: _spawn(['--worker', 'jax', '--workload', n, '--profile', '--steps',
-                        str(steps), '--warmup', str(warmup)])['profile'] for n in names}
+  args = ['--profile', '--steps', str(steps), '--warmup', str(warmup)]
+  results = {n: common.spawn(__file__, ['--worker', 'jax', '--workload', n, *args])['profile']
+             for n in names}
   kinds = sorted({k for r in results.values() for k in r},
                  key=lambda k: -max(r.get(k, 0.0) for r in results.values()))
   lines = ['| operations | ' + ' | '.join(WORKLOADS[n].title for n in names) + ' |',
@@ -659,7 +535,7 @@ def main() -> None:
   parser.add_argument('--paired', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker == 'matmul':
-    print(json.dumps(matmul_worker(args.library, repeats=5)))
+    print(json.dumps(common.matmul_worker(args.library, repeats=5)))
   elif args.worker == 'jax':
     print(json.dumps(jax_worker(WORKLOADS[args.workload], args.steps, args.warmup,
                                 VARIANTS[args.variant], paired=args.paired,
