@@ -342,17 +342,24 @@ def _per_token_means(result: dict[str, float]) -> dict[str, float]:
           'examples': rows}
 
 
+def split_outputs(engine: _Engine, placed_state: Any, batches: Iterable[dict], *,
+                  output_key: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+  """One model output and the labels of every real example of a split, in order."""
+  values, labels = [], []
+  for batch in batches:
+    outputs, placed = jax.device_get(engine.predict(placed_state, engine.place_batch(batch)))
+    real = np.asarray(placed['mask']) > 0
+    values.append(np.asarray(outputs[output_key])[real])
+    labels.append(np.asarray(placed[label_key])[real])
+  return np.concatenate(values), np.concatenate(labels)
+
+
 def _split_macro_f1(engine: _Engine, placed_state: Any, batches: Iterable[dict], *,
                     label_key: str, logits_key: str) -> float:
   """Macro-F1 of a whole split, from every example's prediction (not a mean over batches)."""
-  logits, labels, where = [], [], []
-  for batch in batches:
-    outputs, placed = jax.device_get(engine.predict(placed_state, engine.place_batch(batch)))
-    logits.append(np.asarray(outputs[logits_key]))
-    labels.append(np.asarray(placed[label_key]))
-    where.append(np.asarray(placed['mask']))
-  return macro_f1(logits=np.concatenate(logits), labels=np.concatenate(labels),
-                  where=np.concatenate(where))
+  logits, labels = split_outputs(engine, placed_state, batches, output_key=logits_key,
+                                 label_key=label_key)
+  return macro_f1(logits=logits, labels=labels)
 
 
 def restore_model(config: Config, workdir: str | pathlib.Path, *,

@@ -142,15 +142,12 @@ def _check_features(config: Config, state: Any, example: dict) -> None:
 
 def _extract(engine: Any, placed: Any, source: data_lib.Source, *, batch_size: int,
              label_key: str, progress: bool, desc: str) -> SplitFeatures:
-  features, labels = [], []
-  batches = data_lib.eval_batches(source, batch_size=batch_size)
-  for batch in tqdm.tqdm(batches, total=-(-len(source) // batch_size), disable=not progress,
-                         desc=desc, dynamic_ncols=True):
-    outputs, placed_batch = jax.device_get(engine.predict(placed, engine.place_batch(batch)))
-    real = np.asarray(placed_batch['mask']) > 0
-    features.append(np.asarray(outputs['features'], np.float32)[real])
-    labels.append(np.asarray(placed_batch[label_key], np.int32)[real])
-  return SplitFeatures(np.concatenate(features), np.concatenate(labels))
+  batches = tqdm.tqdm(data_lib.eval_batches(source, batch_size=batch_size),
+                      total=-(-len(source) // batch_size), disable=not progress, desc=desc,
+                      dynamic_ncols=True)
+  features, labels = loop.split_outputs(engine, placed, batches, output_key='features',
+                                        label_key=label_key)
+  return SplitFeatures(features.astype(np.float32), labels.astype(np.int32))
 
 
 def cached_features(config: Config, workdir: str | pathlib.Path, *, split: str = 'test',

@@ -43,15 +43,20 @@ def _encoder_leaves(tree):
   return {p: v for p, v in tree_lib.flatten(tree).items() if p.startswith('encoder/')}
 
 
-def test_simclr_encoder_and_its_batch_norm_statistics_start_the_classifier(simclr_run):
-  metrics = [json.loads(line) for line in (simclr_run / 'metrics.jsonl').read_text().splitlines()]
-  assert all(np.isfinite(m['loss']) for m in metrics if 'loss' in m)
-  state = _classifier_state('resnet_tiny', simclr_run)
-  pretrained = _encoder_leaves(checkpoint.restore_params(simclr_run))
+def _assert_encoder_is_the_runs(state, run):
+  """Every encoder parameter of `state` is the pre-training run's, and nothing else is."""
+  pretrained = _encoder_leaves(checkpoint.restore_params(run))
   ours = _encoder_leaves(state.all_params())
   assert set(ours) == set(pretrained)
   for path, value in pretrained.items():
     np.testing.assert_array_equal(ours[path], value)
+
+
+def test_simclr_encoder_and_its_batch_norm_statistics_start_the_classifier(simclr_run):
+  metrics = [json.loads(line) for line in (simclr_run / 'metrics.jsonl').read_text().splitlines()]
+  assert all(np.isfinite(m['loss']) for m in metrics if 'loss' in m)
+  state = _classifier_state('resnet_tiny', simclr_run)
+  _assert_encoder_is_the_runs(state, simclr_run)
   stats = _encoder_leaves(checkpoint.restore_model_state(simclr_run)['batch_stats'])
   assert stats and stats.keys() == _encoder_leaves(state.model_state['batch_stats']).keys()
   for path, value in stats.items():
@@ -59,12 +64,7 @@ def test_simclr_encoder_and_its_batch_norm_statistics_start_the_classifier(simcl
 
 
 def test_mae_encoder_starts_the_vit_classifier(mae_run):
-  state = _classifier_state('vit_tiny', mae_run)
-  pretrained = _encoder_leaves(checkpoint.restore_params(mae_run))
-  ours = _encoder_leaves(state.all_params())
-  assert set(ours) == set(pretrained)
-  for path, value in pretrained.items():
-    np.testing.assert_array_equal(ours[path], value)
+  _assert_encoder_is_the_runs(_classifier_state('vit_tiny', mae_run), mae_run)
 
 
 def test_linear_probe_of_the_simclr_encoder_through_the_cli(simclr_run, tmp_path):
