@@ -16,8 +16,9 @@ from jaxpretrain.errors import ConfigError
 from jaxpretrain.models import (INCEPTION_PRESETS, PRESETS, RESNET_PRESETS, VGG_PRESETS,
                                 VIT_PRESETS, Autoencoder, BertForMaskedLM, Classifier,
                                 ContrastiveModel, ConvDecoder, ConvEncoder, GPTForCausalLM,
-                                MaskedAutoencoder, PretextClassifier, SequenceClassifier,
-                                TransformerConfig, inception, make_apply_fn, resnet, vgg, vit)
+                                MaskedAutoencoder, PixelShuffleDecoder, PretextClassifier,
+                                SequenceClassifier, TransformerConfig, inception, make_apply_fn,
+                                resnet, vgg, vit)
 from jaxpretrain import objectives
 from jaxpretrain.objectives import mixing
 from jaxpretrain.objectives.language import TEACHER
@@ -66,14 +67,26 @@ def _transformer(cfg: Config) -> TransformerConfig:
   return dataclasses.replace(PRESETS[preset], **fields)
 
 
+_DECODERS: dict[str, Callable[..., nn.Module]] = {
+    'conv': ConvDecoder, 'pixel_shuffle': PixelShuffleDecoder,
+}
+
+
+def _autoencoder(cfg: Config) -> nn.Module:
+  """An image encoder and a decoder of its `feature_map` (`decoder.name`, 'conv' by default)."""
+  fields = cfg.decoder.to_dict()
+  return Autoencoder(_encoder(cfg.encoder),
+                     _pick(_DECODERS, fields.pop('name', 'conv'), 'decoder')(**fields))
+
+
 MODELS: dict[str, Callable[[Config], nn.Module]] = {
     'conv_classifier': lambda c: Classifier(_encoder(c.encoder), c.num_classes,
                                             c.get('dropout', 0.0)),
-    'conv_autoencoder': lambda c: Autoencoder(_encoder(c.encoder),
-                                              ConvDecoder(**c.decoder.to_dict())),
+    'conv_autoencoder': lambda c: _autoencoder(c),
     'conv_pretext': lambda c: PretextClassifier(_encoder(c.encoder), **_kwargs(c.pretext_head)),
     # Any image encoder of `_encoder`: the names above predate the other families.
     'classifier': lambda c: Classifier(_encoder(c.encoder), c.num_classes, c.get('dropout', 0.0)),
+    'autoencoder': lambda c: _autoencoder(c),
     'contrastive': lambda c: ContrastiveModel(_encoder(c.encoder), **_kwargs(c.projection)),
     'mae': lambda c: MaskedAutoencoder(_encoder(c.encoder), **_kwargs(c.decoder)),
     'bert_mlm': lambda c: BertForMaskedLM(_transformer(c.transformer)),

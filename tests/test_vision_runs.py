@@ -1,4 +1,4 @@
-"""Vision runs from config files: SimCLR and MAE pre-training, then their encoders fine-tuned."""
+"""Vision runs from config files: SimCLR, MAE and autoencoder pre-training, then fine-tuning."""
 
 import json
 
@@ -65,6 +65,13 @@ def test_simclr_encoder_and_its_batch_norm_statistics_start_the_classifier(simcl
 
 def test_mae_encoder_starts_the_vit_classifier(mae_run):
   _assert_encoder_is_the_runs(_classifier_state('vit_tiny', mae_run), mae_run)
+
+
+def test_vit_autoencoder_rebuilds_images_and_starts_the_vit_classifier(tmp_path):
+  _run('pretrain', 'configs/fashion_mnist_autoencoder.py:vit_tiny', tmp_path, *SPLITS)
+  metrics = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert all(np.isfinite(m['loss']) for m in metrics if 'loss' in m)
+  _assert_encoder_is_the_runs(_classifier_state('vit_tiny', tmp_path), tmp_path)
 
 
 def test_linear_probe_of_the_simclr_encoder_through_the_cli(simclr_run, tmp_path):

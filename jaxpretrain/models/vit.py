@@ -174,7 +174,8 @@ class ViT(nn.Module):
     Returns:
       `tokens` (B, T, D) after the final norm, where T = N (or K) patches plus
       one leading class token when `class_token`; `features` (B, D) as `pooling`
-      says.
+      says; without `visible_BxK`, also `feature_map` (B, H/p, W/p, D), the patch
+      tokens on their grid, for decoders that read a spatial map (autoencoders).
     """
     self._check(image_BxHxWxC)
     cfg = self.block_config()
@@ -194,7 +195,11 @@ class ViT(nn.Module):
       features_BxD = tokens_BxTxD[:, 0]
     else:
       features_BxD = tokens_BxTxD[:, int(self.class_token):].mean(axis=1)
-    return {'features': features_BxD, 'tokens': tokens_BxTxD}
+    out = {'features': features_BxD, 'tokens': tokens_BxTxD}
+    if visible_BxK is None:
+      g = self.grid_size
+      out['feature_map'] = tokens_BxTxD[:, int(self.class_token):].reshape(b, g, g, -1)
+    return out
 
 
 def vit(preset: str, **overrides: Any) -> ViT:

@@ -1,5 +1,6 @@
 """ResNet, VGG and Inception encoders: shapes, public parameter counts, parity with
-transformers' ResNetModel, BatchNorm synchronised across pmap, and eval-mode behaviour."""
+transformers' ResNetModel, BatchNorm synchronised across pmap, and eval-mode behaviour;
+the pixel-shuffle decoder of their feature maps."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,8 @@ import torch
 import transformers
 
 from jaxpretrain import convert
-from jaxpretrain.models import Classifier, init_variables, make_apply_fn
+from jaxpretrain.models import (Classifier, PixelShuffleDecoder, depth_to_space, init_variables,
+                                make_apply_fn, space_to_depth)
 from jaxpretrain.models.inception import InceptionV1, inception
 from jaxpretrain.models.resnet import ResNet, resnet
 from jaxpretrain.models.vgg import VGG, vgg
@@ -254,3 +256,24 @@ def test_train_updates_batch_stats_and_eval_uses_them(encoder):
                              atol=1e-6)
   in_training = [train_fn(variables, b)['logits'][0] for b in (batch, other)]
   assert np.max(np.abs(in_training[0] - in_training[1])) > 1e-4
+
+
+def test_depth_to_space_inverts_space_to_depth():
+  x = np.random.default_rng(0).normal(size=(2, 8, 12, 3)).astype(np.float32)
+  folded = space_to_depth(x, 4)
+  assert folded.shape == (2, 2, 3, 48)
+  np.testing.assert_array_equal(depth_to_space(folded, 4), x)
+
+
+@pytest.mark.parametrize('side', [7, 4, 3])
+def test_pixel_shuffle_decoder_rebuilds_the_image_size(side):
+  """7x7 (conv net, ViT) and 4x4 (ResNet) maps tile 28x28 exactly; 3x3 is resized to it."""
+  decoder = PixelShuffleDecoder(hidden=8, out_channels=1, out_size=28)
+  feature_map = jnp.ones((2, side, side, 16))
+  variables = decoder.init(KEY, feature_map)
+  out = decoder.apply(variables, feature_map)
+  assert out.shape == (2, 28, 28, 1) and np.isfinite(np.asarray(out)).all()
+  # Every pixel of a block comes from its own location's features alone.
+  if side == 7:
+    grad = jax.grad(lambda f: decoder.apply(variables, f)[0, 5, 9, 0])(feature_map)
+    assert set(zip(*np.nonzero(np.asarray(grad).any(-1)))) == {(0, 1, 2)}

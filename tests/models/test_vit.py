@@ -46,6 +46,9 @@ def test_vit_shapes_and_poolings(vit_variables, pooling):
   assert np.isfinite(tokens).all() and np.isfinite(np.asarray(out['features'])).all()
   expected = tokens[:, 0] if pooling == 'cls' else tokens[:, 1:].mean(1)
   np.testing.assert_allclose(out['features'], expected, atol=1e-6)
+  # The feature map is the patch tokens on their grid, row by row.
+  grid = SIZE // PATCH
+  np.testing.assert_array_equal(out['feature_map'], tokens[:, 1:].reshape(B, grid, grid, D))
 
 
 def test_vit_without_class_token_shapes():
@@ -58,7 +61,7 @@ def test_vit_without_class_token_shapes():
   visible = jax.ShapeDtypeStruct((B, 5), jnp.int32)
   out = jax.eval_shape(lambda v, x, i: module.apply(v, x, visible_BxK=i), variables, images(),
                        visible)
-  assert out['tokens'].shape == (B, 5, D)
+  assert out['tokens'].shape == (B, 5, D) and 'feature_map' not in out
 
 
 def test_visible_patches_keep_their_positions_and_the_class_token_leads(vit_variables):
