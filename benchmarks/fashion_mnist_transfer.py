@@ -52,15 +52,19 @@ def _starts(config, runs: dict) -> list[tuple[str, str, tuple[str, ...]]]:
   return starts
 
 
+def _cell(result: dict | None) -> str:
+  if result is None:
+    return 'not yet run'
+  return f'{result["accuracy"]:.2%} (F1 {result["macro_f1"]:.3f})'
+
+
 def _table(config, results: dict, runs: dict) -> str:
-  budgets = [b for b, _ in config.budgets]
-  header = ['start'] + [f'{p.replace("_", " ")}, {b} labels' for b in budgets
-                        for p in config.protocols]
-  lines = ['| ' + ' | '.join(header) + ' |', '|---|' + '---:|' * (len(header) - 1)]
+  """The Markdown table of the results so far, and the pre-training budget."""
+  columns = [(b, p) for b, _ in config.budgets for p in config.protocols]
+  header = ['start'] + [f'{p.replace("_", " ")}, {b} labels' for b, p in columns]
+  lines = ['| ' + ' | '.join(header) + ' |', '|---|' + '---:|' * len(columns)]
   for name, cells in results.items():
-    lines.append(f'| {name} | ' + ' | '.join(
-        f'{cells[b][p]["accuracy"]:.2%} (F1 {cells[b][p]["macro_f1"]:.3f})'
-        for b in budgets for p in config.protocols) + ' |')
+    lines.append(f'| {name} | ' + ' | '.join(_cell(cells.get(c)) for c in columns) + ' |')
   budget = [f'{run["name"]}: {config.pretrain_steps} steps, {run["images"]:,} images '
             f'({run["images"] / 60000:.1f} epochs), {run["wall_time_s"] / 60:.1f} min'
             for run in runs.values()]
@@ -69,24 +73,31 @@ def _table(config, results: dict, runs: dict) -> str:
                             f'device(s), JAX {jax.__version__}.'])
 
 
+def _write(config_spec: str, workdir: pathlib.Path, table: str, results: dict, runs: dict):
+  rows = {name: {f'{b} {p}': r for (b, p), r in cells.items()} for name, cells in results.items()}
+  (workdir / 'transfer.json').write_text(json.dumps(
+      {'pretraining': runs, 'results': rows}, indent=2, default=str) + '\n')
+  (workdir / 'transfer.md').write_text(f'# Fashion-MNIST transfer ({config_spec})\n\n'
+                                       f'{table}\n')
+
+
 def main(config_spec: str, workdir: pathlib.Path, progress: bool) -> str:
   config = config_lib.load(config_spec)
   workdir = workdir.expanduser().absolute()
   runs = _pretrain(config, workdir, progress)
-  results = {}
-  for folder, name, start_overrides in _starts(config, runs):
-    results[name] = {}
-    for budget, budget_overrides in config.budgets:
-      cfg = config_lib.override(config.finetune, tuple(budget_overrides) + start_overrides)
-      run_dir = workdir / f'labels_{budget.rstrip("%")}pct' / folder
-      results[name][budget] = {
-          p: transfer.run(cfg, run_dir, p, split=config.test_split, progress=progress)
-          for p in config.protocols}
+  starts = _starts(config, runs)
+  results = {name: {} for _, name, _ in starts}
+  # Column by column, cheapest first, so that a stopped run has whole columns to show.
+  for budget, budget_overrides in config.budgets:
+    for protocol in config.protocols:
+      for folder, name, start_overrides in starts:
+        cfg = config_lib.override(config.finetune, tuple(budget_overrides) + start_overrides)
+        run_dir = workdir / f'labels_{budget.rstrip("%")}pct' / folder
+        results[name][budget, protocol] = transfer.run(cfg, run_dir, protocol,
+                                                       split=config.test_split,
+                                                       progress=progress)
+        _write(config_spec, workdir, _table(config, results, runs), results, runs)
   table = _table(config, results, runs)
-  (workdir / 'transfer.json').write_text(json.dumps(
-      {'pretraining': runs, 'results': results}, indent=2, default=str) + '\n')
-  (workdir / 'transfer.md').write_text(f'# Fashion-MNIST transfer ({config_spec})\n\n'
-                                       f'{table}\n')
   print(table)
   return table
 
