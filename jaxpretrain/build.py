@@ -82,11 +82,11 @@ def _autoencoder(cfg: Config) -> nn.Module:
 MODELS: dict[str, Callable[[Config], nn.Module]] = {
     'conv_classifier': lambda c: Classifier(_encoder(c.encoder), c.num_classes,
                                             c.get('dropout', 0.0)),
-    'conv_autoencoder': lambda c: _autoencoder(c),
+    'conv_autoencoder': _autoencoder,
     'conv_pretext': lambda c: PretextClassifier(_encoder(c.encoder), **_kwargs(c.pretext_head)),
     # Any image encoder of `_encoder`: the names above predate the other families.
     'classifier': lambda c: Classifier(_encoder(c.encoder), c.num_classes, c.get('dropout', 0.0)),
-    'autoencoder': lambda c: _autoencoder(c),
+    'autoencoder': _autoencoder,
     'contrastive': lambda c: ContrastiveModel(_encoder(c.encoder), **_kwargs(c.projection)),
     'mae': lambda c: MaskedAutoencoder(_encoder(c.encoder), **_kwargs(c.decoder)),
     'bert_mlm': lambda c: BertForMaskedLM(_transformer(c.transformer)),
