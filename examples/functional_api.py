@@ -28,7 +28,8 @@ def train(state, objective, loader, steps):
 
 
 def main(pretrain_steps: int, finetune_steps: int, widths: tuple[int, ...], workdir: str):
-  train_split = data.data_source('fashion_mnist', 'train')
+  # Read whole into memory once: drawing the labelled subset reads every label.
+  train_split = data.in_memory_source('fashion_mnist', 'train')
   encoder = ConvEncoder(stages=tuple((w,) for w in widths))
 
   print('pre-training a denoising autoencoder on unlabelled images')

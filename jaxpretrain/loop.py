@@ -121,8 +121,10 @@ def _engine(mode: str, objective, eval_objective, state: TrainState, grad_accum:
 def _source(cfg: Config, split: str, tokenizer: Any = None) -> data_lib.Source:
   if text_runs.is_text(cfg):
     return text_runs.text_source(cfg, split, tokenizer)
-  source = data_lib.data_source(cfg.name, split, data_dir=cfg.get('data_dir') or None)
-  return data_lib.in_memory(source) if cfg.get('in_memory', False) else source
+  data_dir = cfg.get('data_dir') or None
+  if cfg.get('in_memory', False):
+    return data_lib.in_memory_source(cfg.name, split, data_dir=data_dir)
+  return data_lib.data_source(cfg.name, split, data_dir=data_dir)
 
 
 def with_tokenizer(config: Config, workdir: pathlib.Path) -> tuple[Config, Any]:

@@ -5,7 +5,15 @@ import shutil
 import tempfile
 
 import filelock
-import jax
+
+# The tests' programs are tiny, so XLA:CPU spends far longer optimising them than running
+# them: the lowest backend optimisation level compiles a BERT step about 3x faster. Set
+# before JAX creates its CPU client, which reads the flags once (subprocesses inherit them).
+os.environ['XLA_FLAGS'] = ' '.join((os.environ.get('XLA_FLAGS', ''),
+                                    '--xla_backend_optimization_level=0',
+                                    '--xla_llvm_disable_expensive_passes=true')).strip()
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 jax.config.update('jax_num_cpu_devices', 8)
 # Many tests compile the same steps (the same tiny configs run single, meshed and pmapped,

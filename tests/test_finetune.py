@@ -60,7 +60,7 @@ def test_from_pretrained_grafts_selected_and_reports():
 
 def test_from_pretrained_shape_mismatch_names_parameter_and_shapes():
   with pytest.raises(CheckpointMismatchError,
-                     match=r"'head/dense/kernel' has shape \(8, 7\) in the checkpoint but \(8, 3\)"):
+                     match=r"'head/dense/bias' has shape \(7,\) in the checkpoint but \(3,\)"):
     _create(finetune.from_pretrained(_pretrained()))
 
 

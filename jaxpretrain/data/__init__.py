@@ -5,6 +5,7 @@ from jaxpretrain.data import text, tokenizers
 from jaxpretrain.data.catalogue import (
     data_source,
     dataset_info,
+    in_memory_source,
     names,
     prepared_builder,
     resolve_data_dir,

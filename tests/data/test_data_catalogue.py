@@ -12,6 +12,19 @@ from jaxpretrain.data.errors import DatasetNotFoundError, UnknownDatasetError
 from jaxpretrain.errors import JaxpretrainError
 
 
+def test_in_memory_source_reads_a_split_once_into_read_only_arrays(full_data_dir):
+  split = 'test[:500]'
+  memory = catalogue.in_memory_source('fashion_mnist', split, data_dir=full_data_dir)
+  assert catalogue.in_memory_source('fashion_mnist', split, data_dir=full_data_dir) is memory
+  records = catalogue.data_source('fashion_mnist', split, data_dir=full_data_dir)
+  assert len(memory) == len(records) == 500
+  for i in (0, 123, 499):
+    np.testing.assert_array_equal(memory[i]['image'], records[i]['image'])
+    assert memory[i]['label'] == records[i]['label']
+  with pytest.raises(ValueError, match='read-only'):
+    memory.arrays['image'][0] = 0
+
+
 def test_full_dataset_matches_the_raw_files(full_data_dir):
   train = catalogue.data_source('fashion_mnist', 'train', data_dir=full_data_dir)
   test = catalogue.data_source('fashion_mnist', 'test', data_dir=full_data_dir)
