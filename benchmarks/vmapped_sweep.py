@@ -45,7 +45,7 @@ COMMON = 'configs/fashion_mnist_common.py'
 
 def _batches(cfg: config_lib.Config, batch_size: int, steps: int) -> list[dict[str, jax.Array]]:
   """The fine-tuning config's labelled images, in the first `steps` shuffled batches."""
-  train = data.in_memory(data.data_source(cfg.data.name, cfg.data.train_split))
+  train = data.in_memory_source(cfg.data.name, cfg.data.train_split)
   labelled, _ = data.labelled_subset(train, cfg.data.labelled_per_class, cfg.data.subset_seed,
                                      cfg.data.validation_per_class)
   loader = data.train_loader(data.subset(train, labelled), batch_size=batch_size, seed=cfg.seed)

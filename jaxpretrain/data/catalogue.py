@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 
 from jaxpretrain.data import digits, fashion_mnist, image_folder, mnist
 from jaxpretrain.data.errors import UnknownDatasetError
-from jaxpretrain.data.sources import InMemory, Source, read_all
+from jaxpretrain.data.sources import InMemory, Source, in_memory
 
 TFDS_PREFIX = 'tfds:'
 FOLDER_PREFIX = 'folder:'
@@ -155,10 +155,10 @@ def in_memory_source(name: str, split: str, *, data_dir: str | os.PathLike | Non
 @functools.lru_cache(maxsize=8)
 def _read_prepared(name: str, split: str, data_dir: str, prepared_ns: int) -> InMemory:
   del prepared_ns  # Part of the cache key only.
-  arrays = read_all(_make_builder(name, data_dir).as_data_source(split))
-  for array in arrays.values():
+  memory = in_memory(_make_builder(name, data_dir).as_data_source(split))
+  for array in memory.arrays.values():
     array.flags.writeable = False
-  return InMemory(arrays)
+  return memory
 
 
 def dataset_info(name: str, *, data_dir: str | os.PathLike | None = None
