@@ -258,8 +258,15 @@ def split_documents(split: str, *, by: str = 'section', seed: int = 0) -> list[P
     return split_plays(split, seed)
   if by != 'section':
     raise ConfigError(f"unknown split_by {by!r}; choose one of {', '.join(SPLIT_BY)}")
+  return list(_section_documents(plays_dir(), split, seed))
+
+
+# Cutting every play into sections takes about a second; every stage of a text recipe
+# reads the same splits, so each is cut once per process (per installed copy of the plays).
+@functools.lru_cache(maxsize=8)
+def _section_documents(root: pathlib.Path, split: str, seed: int) -> tuple[Play, ...]:
   documents = []
-  for play in shakespeare_plays():
+  for play in _read_plays(root):
     run = []
     for lines, where in zip(_sections(play.text, SECTIONS), section_split(play.title, seed)):
       if where == split:
@@ -269,7 +276,7 @@ def split_documents(split: str, *, by: str = 'section', seed: int = 0) -> list[P
         run = []
     if run:
       documents.append(Play(play.title, play.genre, '\n'.join(run)))
-  return documents
+  return tuple(documents)
 
 
 def pretraining_texts(split: str = 'train', *, by: str = 'section', seed: int = 0

@@ -86,8 +86,8 @@ def test_language_models_give_the_same_loss_and_gradient_fused_or_from_logits(fa
   state = finetune.create_state(model, finetune.identity(), tx=optax.sgd(0.1),
                                 rng=jax.random.PRNGKey(0), example_batch=batch)
   key = jax.random.PRNGKey(1)
-  run = lambda fn: jax.value_and_grad(
-      lambda p: objective(fn, p, batch, key, train=False), has_aux=True)(state.all_params())
+  run = lambda fn: jax.jit(jax.value_and_grad(
+      lambda p: objective(fn, p, batch, key, train=False), has_aux=True))(state.all_params())
   (loss, metrics), grads = run(state.apply_fn)
   (loss0, metrics0), grads0 = run(_without_targets(model))
   np.testing.assert_allclose(loss, loss0, rtol=1e-5)
