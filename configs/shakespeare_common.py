@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from jaxpretrain.config import transformer_section
+
 
 def data(name, variant, *, seq_len, kind='wordpiece', task=''):
   """A text data section: the dataset, the task it feeds, its splits and the run's tokenizer.
@@ -26,12 +28,14 @@ def data(name, variant, *, seq_len, kind='wordpiece', task=''):
 
 
 def transformer(preset, variant):
-  """A Transformer section: a preset of `jaxpretrain.models.PRESETS` (tiny: 2 small layers)."""
-  t = ml_collections.ConfigDict(dict(preset=preset, vocab_size=0, pad_token_id=0))
-  if variant == 'tiny':
-    t.update(dict(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
-                  max_position_embeddings=64))
-  return t
+  """A Transformer section: a preset of `jaxpretrain.models.PRESETS` (tiny: 2 small layers).
+
+  Every field of the preset can be changed from the command line, e.g.
+  `--config.model.transformer.pre_norm=True`; the tokenizer sets `vocab_size`.
+  """
+  tiny = dict(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
+              max_position_embeddings=64) if variant == 'tiny' else {}
+  return transformer_section(preset, vocab_size=0, pad_token_id=0, **tiny)
 
 
 def lm_schedule(c, variant, *, steps, lr=5e-4):

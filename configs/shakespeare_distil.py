@@ -33,7 +33,7 @@ def _student(variant):
   """DistilBERT's shape at half the teacher's depth; returns it and the teacher's depth."""
   teacher = PRESETS[TEACHER_PRESET]
   student = common.transformer('distilbert_base', variant)
-  teacher_layers = student.get('num_layers', teacher.num_layers)
+  teacher_layers = student.num_layers or teacher.num_layers
   if variant != 'tiny':  # The tiny section already has the tiny teacher's width.
     student.update(dict(hidden_size=teacher.hidden_size, num_heads=teacher.num_heads,
                         intermediate_size=teacher.intermediate_size,

@@ -59,11 +59,19 @@ def _encoder(cfg: Config) -> nn.Module:
 
 
 def _transformer(cfg: Config) -> TransformerConfig:
-  """A preset of `models.PRESETS` with the section's other keys replacing its fields."""
-  fields = cfg.to_dict()
+  """A preset of `models.PRESETS` with the section's other keys replacing its fields.
+
+  Keys set to None keep the preset's value (see `config.transformer_section`).
+  """
+  fields = {k: v for k, v in cfg.to_dict().items() if v is not None}
   preset = fields.pop('preset')
   if preset not in PRESETS:
     raise ConfigError(f'unknown transformer preset {preset!r}; choose one of {sorted(PRESETS)}')
+  known = {f.name for f in dataclasses.fields(TransformerConfig)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ConfigError(f'unknown model.transformer key(s) {unknown}; the fields are '
+                      f'{sorted(known)}')
   return dataclasses.replace(PRESETS[preset], **fields)
 
 

@@ -1,6 +1,7 @@
 """Loading Python config files and applying `--config.key=value` overrides."""
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import pathlib
@@ -93,6 +94,24 @@ def override(config: Config, assignments: Sequence[str]) -> Config:
       raise ConfigError(f'config key {key!r} holds a {type(old).__name__}, got {text!r}: '
                         f'{e}') from e
   return config
+
+
+# Fields of `TransformerConfig` that describe the run's computation, not the model.
+_RUNTIME_FIELDS = ('dtype', 'decode')
+
+
+def transformer_section(preset: str, **fields) -> Config:
+  """A `model.transformer` section: a preset of `models.PRESETS` and any fields to change.
+
+  Every other field of `TransformerConfig` is present as None (the preset's value),
+  so `--config.model.transformer.<field>=...` can set any of them from the command line.
+  """
+  from jaxpretrain.models.transformer import TransformerConfig  # pylint: disable=g-import-not-at-top
+  names = [f.name for f in dataclasses.fields(TransformerConfig) if f.name not in _RUNTIME_FIELDS]
+  unknown = sorted(set(fields) - set(names))
+  if unknown:
+    raise ConfigError(f'unknown Transformer field(s) {unknown}; the fields are {names}')
+  return Config({'preset': preset, **{n: fields.get(n) for n in names}})
 
 
 def run_config() -> Config:

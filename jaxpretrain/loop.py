@@ -159,6 +159,27 @@ def _splits(config: Config, tokenizer: Any = None
   return train, None
 
 
+def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
+  """A classifier's labels must index its `model.num_classes` outputs.
+
+  Out-of-range labels would not fail: the loss would quietly read a wrong logit.
+  Only sources held in memory are checked, since a lazy one would have to be
+  decoded whole.
+  """
+  classes = config.model.get('num_classes')
+  if config.objective.name != 'classification' or not classes:
+    return
+  for source in sources:
+    labels = getattr(source, 'arrays', {}).get('label')
+    if labels is None or labels.ndim != 1 or not len(labels):
+      continue
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+      raise build.ConfigError(
+          f'the labels of {config.data.name!r} run from {low} to {high}, but the model has '
+          f'model.num_classes={classes} outputs; set --config.model.num_classes={high + 1}')
+
+
 def _evaluate(engine: _Engine, placed_state: Any, batches: Iterable[dict]) -> dict[str, float]:
   acc = MeanAccumulator()
   for batch in batches:
@@ -244,6 +265,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   workdir.mkdir(parents=True, exist_ok=True)
   config, tokenizer = with_tokenizer(config, workdir)
   train_src, val_src = _splits(config, tokenizer)
+  _check_labels(config, train_src, val_src)
   cfg_t = config.train
   batch_size = config.data.batch_size
   steps_per_epoch = len(train_src) // batch_size

@@ -31,6 +31,14 @@ def test_override_types_are_checked_and_converted():
     _config(PRETRAIN, 'train.epochs=many')
 
 
+def test_labels_beyond_num_classes_are_refused_before_training(tmp_path):
+  config = _config(FINETUNE, 'model.num_classes=7')
+  with pytest.raises(ConfigError, match=r'labels of .fashion_mnist. run from 0 to 9.*'
+                                        r'model.num_classes=7.*model.num_classes=10'):
+    loop.train(config, tmp_path, progress=False)
+  assert not (tmp_path / 'checkpoints').exists()
+
+
 def test_cli_unknown_key_exits_with_message(tmp_path, capsys):
   code = cli.main(['pretrain', '--config', PRETRAIN, '--config.train.epoch=3',
                    '--workdir', str(tmp_path)])

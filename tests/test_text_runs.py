@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxpretrain import checkpoint, config as config_lib, loop
+from jaxpretrain import build, checkpoint, config as config_lib, loop
 from jaxpretrain.data import text, tokenizers
-from jaxpretrain.errors import JaxpretrainError
+from jaxpretrain.errors import ConfigError, JaxpretrainError
 
 
 @pytest.fixture(scope='module')
@@ -59,3 +59,17 @@ def test_masked_lm_with_a_tokenizer_without_mask_token_is_a_clear_error(tmp_path
                                ['data.tokenizer.kind=bpe'])
   with pytest.raises(JaxpretrainError, match='(mask|cls) token'):
     loop.train(config, tmp_path, progress=False)
+
+
+def test_every_transformer_field_is_settable_from_the_command_line():
+  config = config_lib.override(config_lib.load('configs/shakespeare_bert_mlm.py:tiny'), [
+      'model.transformer.pre_norm=True', 'model.transformer.dropout=0.0',
+      'model.transformer.vocab_size=50'])
+  model = build.model(config.model)
+  assert (model.config.pre_norm, model.config.dropout, model.config.vocab_size) == (True, 0.0, 50)
+  # Fields left alone keep the preset's values.
+  assert model.config.num_layers == 2 and model.config.attention_dropout == 0.1
+  with pytest.raises(ConfigError, match='pre_norm'):
+    config_lib.override(config, ['model.transformer.pre_nrom=True'])
+  with pytest.raises(ConfigError, match='unknown Transformer field'):
+    config_lib.transformer_section('bert_mini', pre_nrom=True)

@@ -120,9 +120,8 @@ def task(cfg: Config) -> str:
   return given
 
 
-def _examples(cfg: Config, split: str) -> InMemory:
-  """The split's texts (and labels) before tokenizing."""
-  kind = task(cfg)
+def _examples(cfg: Config, split: str, kind: str) -> InMemory:
+  """The split's texts (and labels) before tokenizing, for the task `kind` (`task(cfg)`)."""
   if cfg.name in TEXT_DATASETS:
     return TEXT_DATASETS[cfg.name].examples(split, cfg)
   return InMemory(text_tfds.read_texts(
@@ -139,7 +138,7 @@ def tokenizer_texts(cfg: Config) -> list[str]:
   """
   if cfg.name in TEXT_DATASETS:
     return text.pretraining_texts('train', by=_split_by(cfg))
-  return _texts(_examples(cfg, cfg.train_split))
+  return _texts(_examples(cfg, cfg.train_split, task(cfg)))
 
 
 def run_tokenizer(cfg: Config, workdir: str | pathlib.Path) -> Tokenizer:
@@ -167,4 +166,5 @@ def run_tokenizer(cfg: Config, workdir: str | pathlib.Path) -> Tokenizer:
 
 def text_source(cfg: Config, split: str, tokenizer: Tokenizer) -> Source:
   """The split of the text dataset `cfg.name`, tokenized for the model as `task(cfg)` says."""
-  return TASKS[task(cfg)](tokenizer, _examples(cfg, split), cfg)
+  kind = task(cfg)
+  return TASKS[kind](tokenizer, _examples(cfg, split, kind), cfg)
