@@ -26,6 +26,7 @@ from jaxpretrain import tree as tree_lib
 from jaxpretrain.data import text_runs
 from jaxpretrain.finetune import create_state
 from jaxpretrain.metrics import MeanAccumulator, macro_f1, perplexity
+from jaxpretrain.models import sync_batch_norm
 from jaxpretrain.objectives.common import Objective, example_weights
 from jaxpretrain.state import TrainState
 from jaxpretrain.step import apply_model, make_eval_step, make_train_step
@@ -208,9 +209,15 @@ def _teacher(config: Config) -> str:
 
 def _create_state(config: Config, ft_cfg: Config | None, total_steps: int,
                   example: dict) -> Any:
-  """The run's model, fine-tuning chain and optimizer, as a train state at step 0."""
+  """The run's model, fine-tuning chain and optimizer, as a train state at step 0.
+
+  Under `parallel.mode='pmap'` its BatchNorm layers average over all devices.
+  """
   schedule = build.learning_rate(config.optimizer, total_steps)
-  return create_state(build.model(config.model), build.transform(ft_cfg, schedule),
+  model = build.model(config.model)
+  if config.parallel.get('mode') == 'pmap':
+    model = sync_batch_norm(model, parallel.PMAP_AXIS)
+  return create_state(model, build.transform(ft_cfg, schedule),
                       tx=build.optimizer(config.optimizer, total_steps),
                       rng=jax.random.PRNGKey(config.seed), example_batch=example)
 

@@ -8,6 +8,7 @@ import pytest
 
 from jaxpretrain import checkpoint, cli, config as config_lib, loop, report
 from jaxpretrain.errors import ConfigError
+from tests.helpers import assert_trees_close
 
 PRETRAIN = 'configs/fashion_mnist_pretrain.py:tiny'
 FINETUNE = 'configs/fashion_mnist_finetune.py:tiny'
@@ -37,6 +38,18 @@ def test_labels_beyond_num_classes_are_refused_before_training(tmp_path):
                                         r'model.num_classes=7.*model.num_classes=10'):
     loop.train(config, tmp_path, progress=False)
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_a_pmap_run_synchronises_batch_norm_and_trains_as_the_mesh_run_does(tmp_path):
+  spec = 'configs/fashion_mnist_finetune.py:resnet_tiny'
+  # One example per device, where unsynchronised BatchNorm would differ most. No
+  # augmentation: under pmap each device draws its own.
+  for mode in ('mesh', 'pmap'):
+    loop.train(_config(spec, f'parallel.mode={mode}', 'train.epochs=1', 'augment.name=none'),
+               tmp_path / mode, progress=False)
+  for restore in (checkpoint.restore_params, checkpoint.restore_model_state):
+    assert_trees_close(restore(tmp_path / 'mesh'), restore(tmp_path / 'pmap'), atol=1e-4,
+                       rtol=1e-4)
 
 
 def test_cli_unknown_key_exits_with_message(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 from jaxpretrain.models.conv import (ConvDecoder, ConvEncoder, PixelShuffleDecoder, depth_to_space,
                                      space_to_depth)
-from jaxpretrain.models.core import init_variables, make_apply_fn
+from jaxpretrain.models.core import init_variables, make_apply_fn, sync_batch_norm
 from jaxpretrain.models.layers import Dense, Dropout
 from jaxpretrain.models.heads import (Autoencoder, Classifier, ClassifierHead,
                                       PretextClassifier, ProjectionHead)

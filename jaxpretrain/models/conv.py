@@ -9,12 +9,14 @@ import jax
 import jax.numpy as jnp
 
 
-def _norm(kind: str | None, train: bool, name: str, channels: int) -> Any:
+def _norm(kind: str | None, train: bool, name: str, channels: int,
+          axis_name: str | None = None) -> Any:
   """Normalisation layer by name; `None` for no normalisation."""
   if kind is None or kind == 'none':
     return lambda x: x
   if kind == 'batch':
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name=axis_name,
+                        name=name)
   if kind == 'layer':
     return nn.LayerNorm(name=name)
   if kind == 'group':
@@ -51,6 +53,8 @@ class ConvEncoder(nn.Module):
     pool: 'mean' (global average) or 'flatten' for the feature vector.
     features: if > 0, a dense layer with ReLU to this many features at the end.
     input_mean, input_std: inputs are standardised as `(x - mean) / std` first.
+    bn_axis_name: the mapped axis BatchNorm averages its batch statistics over
+      (under `pmap`); None for the batch on hand.
   """
   stages: Sequence[Sequence[int]] = ((32, 32), (64, 64), (128, 128))
   norm: str | None = 'batch'
@@ -60,6 +64,7 @@ class ConvEncoder(nn.Module):
   features: int = 0
   input_mean: float = 0.0
   input_std: float = 1.0
+  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, image_BxHxWxC: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -75,7 +80,8 @@ class ConvEncoder(nn.Module):
       for c, width in enumerate(widths):
         x = nn.Conv(width, (3, 3), use_bias=self.norm in (None, 'none'),
                     name=f'stage{s}_conv{c}')(x)
-        x = nn.relu(_norm(self.norm, train, f'stage{s}_norm{c}', width)(x))
+        x = nn.relu(_norm(self.norm, train, f'stage{s}_norm{c}', width,
+                             self.bn_axis_name)(x))
     feature_map = x
     if self.pool == 'flatten':
       x = x.reshape(x.shape[0], -1)

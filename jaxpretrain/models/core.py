@@ -1,6 +1,7 @@
 """The link between Flax modules and the library's pure `apply_fn` contract."""
 
 from collections.abc import Mapping
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -41,3 +42,25 @@ def init_variables(module: nn.Module, rng: jax.Array, example_batch: Any) -> dic
     return module.init({'params': params_rng, 'dropout': dropout_rng}, batch, train=False)
 
   return dict(init(rng, example_batch))
+
+
+def sync_batch_norm(module: nn.Module, axis_name: str) -> nn.Module:
+  """`module` with every BatchNorm averaging its batch statistics over `axis_name`.
+
+  Under `pmap` each device sees only its share of the batch; without this its
+  BatchNorm layers would normalise by that share's statistics, and training
+  would differ from one device or a mesh. Sets `bn_axis_name` on the module
+  and on every sub-module (an encoder inside a classifier) that has the field;
+  the parameters are unchanged.
+  """
+  updates = {}
+  for field in dataclasses.fields(module):
+    if field.name in ('parent', 'name'):
+      continue
+    if field.name == 'bn_axis_name':
+      updates[field.name] = axis_name
+    elif isinstance(value := getattr(module, field.name), nn.Module):
+      synced = sync_batch_norm(value, axis_name)
+      if synced is not value:
+        updates[field.name] = synced
+  return module.clone(**updates) if updates else module

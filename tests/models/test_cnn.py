@@ -11,11 +11,12 @@ import torch
 import transformers
 
 from jaxpretrain import convert
-from jaxpretrain.models import (Classifier, PixelShuffleDecoder, depth_to_space, init_variables,
-                                make_apply_fn, space_to_depth)
+from jaxpretrain.models import (Classifier, ConvEncoder, PixelShuffleDecoder, depth_to_space,
+                                init_variables, make_apply_fn, space_to_depth, sync_batch_norm)
 from jaxpretrain.models.inception import InceptionV1, inception
 from jaxpretrain.models.resnet import ResNet, resnet
 from jaxpretrain.models.vgg import VGG, vgg
+from jaxpretrain.models.vit import vit
 from jaxpretrain.state import TrainState
 from tests.helpers import assert_trees_close, image_batch, run_mesh, run_pmap, run_single, to_numpy
 
@@ -225,6 +226,19 @@ def test_batch_norm_synchronised_over_pmap_equals_single_device_and_mesh():
     gaps = jax.tree.map(lambda a, b: np.max(np.abs(a - b)), getattr(single, tree),
                         getattr(local, tree))
     assert max(jax.tree.leaves(gaps)) > 1e-2
+
+
+def test_sync_batch_norm_names_the_axis_in_every_module_that_has_batch_norm():
+  model = sync_batch_norm(Classifier(_tiny_resnet(), num_classes=3), 'batch')
+  assert model.encoder.bn_axis_name == 'batch'
+  conv = sync_batch_norm(Classifier(ConvEncoder(stages=((4,),)), num_classes=3), 'batch')
+  assert conv.encoder.bn_axis_name == 'batch'
+  without = Classifier(vit('vit_tiny', image_size=8, patch_size=4, hidden=8, depth=1, heads=2,
+                           mlp_size=8, channels=3), num_classes=3)
+  assert sync_batch_norm(without, 'batch') is without  # a ViT has no BatchNorm
+  batch = image_batch(4, size=8)  # The same parameters and statistics, by name and shape:
+  assert_trees_close(_variables(model, batch),
+                     _variables(Classifier(_tiny_resnet(), num_classes=3), batch))
 
 
 # Train and eval modes.
