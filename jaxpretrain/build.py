@@ -19,6 +19,7 @@ from jaxpretrain.models import (INCEPTION_PRESETS, PRESETS, RESNET_PRESETS, VGG_
                                 MaskedAutoencoder, PixelShuffleDecoder, PretextClassifier,
                                 SequenceClassifier, TransformerConfig, inception, make_apply_fn,
                                 resnet, vgg, vit)
+from jaxpretrain.models.transformer import check_fields as check_transformer_fields
 from jaxpretrain import objectives
 from jaxpretrain.objectives import mixing
 from jaxpretrain.objectives.language import TEACHER
@@ -67,11 +68,7 @@ def _transformer(cfg: Config) -> TransformerConfig:
   preset = fields.pop('preset')
   if preset not in PRESETS:
     raise ConfigError(f'unknown transformer preset {preset!r}; choose one of {sorted(PRESETS)}')
-  known = {f.name for f in dataclasses.fields(TransformerConfig)}
-  unknown = sorted(set(fields) - known)
-  if unknown:
-    raise ConfigError(f'unknown model.transformer key(s) {unknown}; the fields are '
-                      f'{sorted(known)}')
+  check_transformer_fields(fields)
   return dataclasses.replace(PRESETS[preset], **fields)
 
 

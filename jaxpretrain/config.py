@@ -106,11 +106,10 @@ def transformer_section(preset: str, **fields) -> Config:
   Every other field of `TransformerConfig` is present as None (the preset's value),
   so `--config.model.transformer.<field>=...` can set any of them from the command line.
   """
-  from jaxpretrain.models.transformer import TransformerConfig  # pylint: disable=g-import-not-at-top
-  names = [f.name for f in dataclasses.fields(TransformerConfig) if f.name not in _RUNTIME_FIELDS]
-  unknown = sorted(set(fields) - set(names))
-  if unknown:
-    raise ConfigError(f'unknown Transformer field(s) {unknown}; the fields are {names}')
+  from jaxpretrain.models import transformer  # pylint: disable=g-import-not-at-top
+  names = [f.name for f in dataclasses.fields(transformer.TransformerConfig)
+           if f.name not in _RUNTIME_FIELDS]
+  transformer.check_fields(fields, names)
   return Config({'preset': preset, **{n: fields.get(n) for n in names}})
 
 

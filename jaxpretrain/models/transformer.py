@@ -16,7 +16,7 @@ GPT-2's fused `c_attn` kernel splits into `query`, `key` and `value` along its
 output axis. Layer indices in the names give `finetune.layer_ids` the depths.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 import dataclasses
 from typing import Any
 
@@ -105,6 +105,17 @@ class TransformerConfig:
                         f'{sorted(_POOLER_ACTIVATIONS)}')
     if self.decode and not self.causal:
       raise ConfigError('decode=True needs a causal model (causal=True)')
+
+
+def check_fields(names: Iterable[str], known: Sequence[str] | None = None) -> None:
+  """Raises a `ConfigError` naming each of `names` not among `known`.
+
+  `known` defaults to every field of `TransformerConfig`.
+  """
+  known = list(known or (f.name for f in dataclasses.fields(TransformerConfig)))
+  unknown = sorted(set(names) - set(known))
+  if unknown:
+    raise ConfigError(f'unknown Transformer field(s) {unknown}; the fields are {known}')
 
 
 def _bert(num_layers: int, hidden_size: int, num_heads: int) -> TransformerConfig:
