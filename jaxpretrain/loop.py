@@ -65,7 +65,7 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
 
 
 @dataclasses.dataclass
-class _Engine:
+class Engine:
   """One way of running steps (mesh, pmap or one device), behind one interface."""
   place_state: Callable[[TrainState], Any]
   host_state: Callable[[Any], TrainState]
@@ -85,11 +85,15 @@ def _predict(state: TrainState, batch: dict) -> tuple[dict[str, Any], dict]:
   return {k: v for k, v in apply_model(state, batch).items() if k != 'model_state'}, batch
 
 
-def _engine(mode: str, objective, eval_objective, state: TrainState, grad_accum: int,
-            clip: float | None) -> _Engine:
+def make_engine(mode: str, objective: Objective, eval_objective: Objective, state: TrainState,
+                grad_accum: int, clip: float | None) -> Engine:
+  """The jitted train, eval and predict steps of `parallel.mode` ('mesh', 'pmap' or 'single').
+
+  `state` fixes the shardings; `grad_accum` and `clip` configure the train step.
+  """
   if mode == 'mesh':
     mesh = parallel.make_mesh()
-    return _Engine(
+    return Engine(
         place_state=lambda s: parallel.place_state(s, mesh), host_state=lambda s: s,
         place_batch=lambda b: parallel.shard_batch(b, mesh),
         train_step=parallel.jit(make_train_step(objective, grad_accum=grad_accum, clip=clip),
@@ -100,7 +104,7 @@ def _engine(mode: str, objective, eval_objective, state: TrainState, grad_accum:
   if mode == 'pmap':
     axis = parallel.PMAP_AXIS
     predict = parallel.pmap(_predict, donate=False)
-    return _Engine(
+    return Engine(
         place_state=parallel.replicate, host_state=parallel.unreplicate,
         place_batch=parallel.split_for_pmap,
         train_step=parallel.pmap(make_train_step(objective, grad_accum=grad_accum, clip=clip,
@@ -109,7 +113,7 @@ def _engine(mode: str, objective, eval_objective, state: TrainState, grad_accum:
         unbatch_metrics=parallel.unreplicate,
         predict=lambda s, b: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), predict(s, b)))
   if mode == 'single':
-    return _Engine(
+    return Engine(
         place_state=lambda s: jax.tree.map(jax.numpy.copy, s), host_state=lambda s: s,
         place_batch=lambda b: b,
         train_step=jax.jit(make_train_step(objective, grad_accum=grad_accum, clip=clip),
@@ -119,7 +123,8 @@ def _engine(mode: str, objective, eval_objective, state: TrainState, grad_accum:
   raise build.ConfigError(f"unknown parallel.mode {mode!r}; choose 'mesh', 'pmap' or 'single'")
 
 
-def _source(cfg: Config, split: str, tokenizer: Any = None) -> data_lib.Source:
+def split_source(cfg: Config, split: str, tokenizer: Any = None) -> data_lib.Source:
+  """One split of the data section `cfg`: text tokenized by `tokenizer`, or TFDS records."""
   if text_runs.is_text(cfg):
     return text_runs.text_source(cfg, split, tokenizer)
   data_dir = cfg.get('data_dir') or None
@@ -142,11 +147,11 @@ def with_tokenizer(config: Config, workdir: pathlib.Path) -> tuple[Config, Any]:
   return config, tokenizer
 
 
-def _splits(config: Config, tokenizer: Any = None
-            ) -> tuple[data_lib.Source, data_lib.Source | None]:
+def run_splits(config: Config, tokenizer: Any = None
+               ) -> tuple[data_lib.Source, data_lib.Source | None]:
   """Training and validation sources, as the data section describes."""
   cfg = config.data
-  train = _source(cfg, cfg.train_split, tokenizer)
+  train = split_source(cfg, cfg.train_split, tokenizer)
   if cfg.get('labelled_per_class', 0):
     train_idx, val_idx = data_lib.labelled_subset(
         train, cfg.labelled_per_class, seed=cfg.get('subset_seed', 0),
@@ -156,7 +161,7 @@ def _splits(config: Config, tokenizer: Any = None
     # No labels held out of the subset: the validation split, if any, validates it.
     train = data_lib.subset(train, train_idx)
   if cfg.get('validation_split'):
-    return train, _source(cfg, cfg.validation_split, tokenizer)
+    return train, split_source(cfg, cfg.validation_split, tokenizer)
   return train, None
 
 
@@ -181,7 +186,7 @@ def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
           f'model.num_classes={classes} outputs; set --config.model.num_classes={high + 1}')
 
 
-def _evaluate(engine: _Engine, placed_state: Any, batches: Iterable[dict]) -> dict[str, float]:
+def _evaluate(engine: Engine, placed_state: Any, batches: Iterable[dict]) -> dict[str, float]:
   acc = MeanAccumulator()
   for batch in batches:
     acc.update(jax.device_get(engine.unbatch_metrics(engine.eval_step(
@@ -207,8 +212,8 @@ def _teacher(config: Config) -> str:
   return config.get('finetune', {}).get('teacher', '')
 
 
-def _create_state(config: Config, ft_cfg: Config | None, total_steps: int,
-                  example: dict) -> Any:
+def initial_state(config: Config, ft_cfg: Config | None, total_steps: int,
+                  example: dict) -> TrainState:
   """The run's model, fine-tuning chain and optimizer, as a train state at step 0.
 
   Under `parallel.mode='pmap'` its BatchNorm layers average over all devices.
@@ -271,7 +276,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   workdir = pathlib.Path(workdir).expanduser().absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   config, tokenizer = with_tokenizer(config, workdir)
-  train_src, val_src = _splits(config, tokenizer)
+  train_src, val_src = run_splits(config, tokenizer)
   _check_labels(config, train_src, val_src)
   cfg_t = config.train
   batch_size = config.data.batch_size
@@ -293,7 +298,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   # Augmentation and mixing act in training only; SimCLR's evaluation views need it too.
   eval_objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer,
                                    teacher=_teacher(config))
-  state = _create_state(config, ft_cfg, total, example)
+  state = initial_state(config, ft_cfg, total, example)
   counts = {'trainable_params': tree_lib.size(state.params),
             'frozen_params': tree_lib.size(state.frozen)}
   logging.info('%s: %d trainable and %d frozen parameters', workdir.name,
@@ -302,7 +307,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
     state, data_state = ckpt.restore(state)
     loader.set_state(data_state)
     logging.info('resuming %s from step %d', workdir, int(state.step))
-  engine = _engine(config.parallel.mode, objective, eval_objective, state,
+  engine = make_engine(config.parallel.mode, objective, eval_objective, state,
                    cfg_t.get('grad_accum', 1), cfg_t.get('clip') or None)
   placed = engine.place_state(state)
   log = MetricsLog(workdir)
@@ -373,7 +378,7 @@ def _per_token_means(result: dict[str, float]) -> dict[str, float]:
           'examples': rows}
 
 
-def split_outputs(engine: _Engine, placed_state: Any, batches: Iterable[dict], *,
+def split_outputs(engine: Engine, placed_state: Any, batches: Iterable[dict], *,
                   output_key: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
   """One model output and the labels of every real example of a split, in order."""
   values, labels = [], []
@@ -385,7 +390,7 @@ def split_outputs(engine: _Engine, placed_state: Any, batches: Iterable[dict], *
   return np.concatenate(values), np.concatenate(labels)
 
 
-def _split_macro_f1(engine: _Engine, placed_state: Any, batches: Iterable[dict], *,
+def _split_macro_f1(engine: Engine, placed_state: Any, batches: Iterable[dict], *,
                     label_key: str, logits_key: str) -> float:
   """Macro-F1 of a whole split, from every example's prediction (not a mean over batches)."""
   logits, labels = split_outputs(engine, placed_state, batches, output_key=logits_key,
@@ -437,15 +442,15 @@ def evaluate_splits(config: Config, workdir: str | pathlib.Path, splits: Sequenc
   """`evaluate` on several splits, restoring and compiling once: split → its metrics."""
   ft_cfg = _without_pretrained(config)
   config, tokenizer = with_tokenizer(config, pathlib.Path(workdir))
-  sources = {split: _source(config.data, split, tokenizer) for split in splits}
+  sources = {split: split_source(config.data, split, tokenizer) for split in splits}
   first = next(iter(sources.values()))
   example = data_lib.load_split(data_lib.subset(first, np.arange(config.data.eval_batch_size)))
   objective = _per_token_totals(build.objective(config.objective, config.get('augment'),
                                                 tokenizer=tokenizer, teacher=_teacher(config)))
-  state = _create_state(config, ft_cfg, 1, example)
+  state = initial_state(config, ft_cfg, 1, example)
   with checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints', read_only=True) as ckpt:
     state, _ = ckpt.restore(state, step=step)
-  engine = _engine(config.parallel.mode, objective, objective, state, 1, None)
+  engine = make_engine(config.parallel.mode, objective, objective, state, 1, None)
   placed = engine.place_state(state)
   results = {}
   for split, source in sources.items():

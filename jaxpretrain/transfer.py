@@ -99,7 +99,7 @@ def _pretrained(config: Config) -> str | None:
 
 
 def _has_validation(cfg: Config) -> bool:
-  """Whether `loop._splits` gives a validation split for this data section."""
+  """Whether `loop.run_splits` gives a validation split for this data section."""
   held_out = cfg.get('labelled_per_class', 0) and cfg.get('validation_per_class', 0)
   return bool(held_out or cfg.get('validation_split'))
 
@@ -172,11 +172,11 @@ def cached_features(config: Config, workdir: str | pathlib.Path, *, split: str =
   _check(config)
   workdir = pathlib.Path(workdir)
   config, tokenizer = loop.with_tokenizer(config, workdir)
-  train_src, val_src = loop._splits(config, tokenizer)
-  sources = dict(zip(_ROLES, (train_src, val_src, loop._source(config.data, split, tokenizer))))
+  train_src, val_src = loop.run_splits(config, tokenizer)
+  sources = dict(zip(_ROLES, (train_src, val_src, loop.split_source(config.data, split, tokenizer))))
   batch_size = config.data.eval_batch_size
   example = data_lib.load_split(data_lib.subset(train_src, np.arange(batch_size) % len(train_src)))
-  state = loop._create_state(config, config.get('finetune'), 1, example)
+  state = loop.initial_state(config, config.get('finetune'), 1, example)
   _check_features(config, state, example)
   cache = workdir / 'features'
   fingerprint = _fingerprint(config, state, {'train': config.data.train_split,
@@ -188,7 +188,7 @@ def cached_features(config: Config, workdir: str | pathlib.Path, *, split: str =
     return {role: SplitFeatures(np.load(cache / f'{role}_features.npy'),
                                 np.load(cache / f'{role}_labels.npy')) for role in _ROLES}
   objective = build.objective(config.objective, tokenizer=tokenizer)
-  engine = loop._engine(config.parallel.mode, objective, objective, state, 1, None)
+  engine = loop.make_engine(config.parallel.mode, objective, objective, state, 1, None)
   placed = engine.place_state(state)
   label_key = config.objective.get('label_key', 'label')
   out = {role: _extract(engine, placed, source, batch_size=batch_size, label_key=label_key,

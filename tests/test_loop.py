@@ -116,10 +116,10 @@ def test_finetune_from_pretrained_selects_best_epoch_and_evaluates(tmp_path):
 
 def test_labelled_subset_is_validated_on_held_out_labels_or_else_the_validation_split():
   held_out = _config(FINETUNE, 'data.validation_split=test[:30]')
-  train, validation = loop._splits(held_out)
+  train, validation = loop.run_splits(held_out)
   assert len(train) == 40 and len(validation) == 20  # 4 and 2 per class, from train
   from_split = _config(FINETUNE, 'data.validation_per_class=0', 'data.validation_split=test[:30]')
-  train, validation = loop._splits(from_split)
+  train, validation = loop.run_splits(from_split)
   assert len(train) == 40 and len(validation) == 30
   labels = np.asarray([train[i]['label'] for i in range(len(train))])
   np.testing.assert_array_equal(np.bincount(labels), [4] * 10)

@@ -77,7 +77,7 @@ def test_linear_probe_runs_from_the_cli_and_chooses_l2_on_validation(probed, pre
 def test_cached_features_are_the_pretrained_encoders_features(probed, pretrained, monkeypatch):
   workdir, _ = probed
   config = _config(pretrained)
-  images = {'train': data_lib.load_split(loop._splits(config)[0]),
+  images = {'train': data_lib.load_split(loop.run_splits(config)[0]),
             'test': data_lib.load_split(data_lib.data_source('fashion_mnist', TEST))}
   both = {k: np.concatenate([images['train'][k], images['test'][k]]) for k in ('image', 'label')}
   model = build.model(config.model)

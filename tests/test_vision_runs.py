@@ -36,7 +36,7 @@ def _classifier_state(variant, pretrained):
   cfg = config.load(f'configs/fashion_mnist_finetune.py:{variant}')
   cfg.finetune.pretrained = str(pretrained)
   example = {'image': np.zeros((2, 28, 28, 1), np.float32), 'label': np.zeros((2,), np.int32)}
-  return loop._create_state(cfg, cfg.finetune, 1, example)
+  return loop.initial_state(cfg, cfg.finetune, 1, example)
 
 
 def _encoder_leaves(tree):
