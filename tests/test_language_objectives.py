@@ -155,7 +155,9 @@ def test_distillation_from_itself_has_zero_soft_loss_and_keeps_the_teacher_froze
   np.testing.assert_allclose(loss, 0.5 * hard, rtol=1e-5)
   new, metrics = jax.jit(make_train_step(objective))(state, _mlm_batch())
   jax.tree.map(np.testing.assert_array_equal, new.frozen, state.frozen)
-  assert float(metrics['soft_loss']) >= 0.0
+  # Without dropout the training step's student is its teacher too: a KL of zero, up to
+  # float32 rounding (which can leave it a little below).
+  np.testing.assert_allclose(metrics['soft_loss'], 0.0, atol=1e-5)
 
 
 def test_distillation_without_a_teacher_is_a_clear_error():
