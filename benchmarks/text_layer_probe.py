@@ -1,0 +1,82 @@
+"""What a genre classifier could read off a masked LM's layers without fine-tuning.
+
+  python benchmarks/text_layer_probe.py runs/shakespeare/pretrain
+
+For the recipe's genre task (`configs/shakespeare_genre.py`, 100 labelled
+passages per genre), the real tokens' hidden states after each of the encoder's
+first k layers (k = 0: the embeddings) are mean-pooled, standardised, and a
+logistic regression (L2 strength chosen on the validation passages) is fitted on
+the training passages, for the pre-trained encoder of a `shakespeare_bert_mlm`
+work directory and for the same encoder randomly initialised. Prints the
+validation accuracy of each, a Markdown table.
+"""
+
+import argparse
+import dataclasses
+import pathlib
+
+import jax
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from jaxpretrain import build, checkpoint, loop
+from jaxpretrain.config import import_file
+from jaxpretrain.data import load_split
+from jaxpretrain.models import init_variables
+from jaxpretrain.models.transformer import Transformer, pool_features
+
+_INPUTS = ('input_ids', 'attention_mask', 'token_type_ids')
+
+
+def pooled_states(config, params: dict, batch: dict, layers: int,
+                  chunk: int = 256) -> np.ndarray:
+  """Mean of the real tokens' hidden states after `layers` blocks, (N, D)."""
+  encoder = Transformer(dataclasses.replace(config, num_layers=layers))
+  kept = {k: v for k, v in params.items()
+          if not k.startswith('layer_') or int(k.split('_')[1]) < layers}
+  apply = jax.jit(lambda b: pool_features(
+      encoder.apply({'params': kept}, b, train=False)['hidden_states'], b['attention_mask'],
+      'mean'))
+  rows = len(batch['input_ids'])
+  return np.concatenate([np.asarray(apply({k: v[i:i + chunk] for k, v in batch.items()
+                                           if k in _INPUTS}))
+                         for i in range(0, rows, chunk)])
+
+
+def probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+          val_y: np.ndarray) -> tuple[float, float]:
+  """The best validation accuracy of an L2 logistic regression, and its inverse strength C."""
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+  fits = ((LogisticRegression(C=c, max_iter=2000).fit((train_x - mean) / std, train_y)
+           .score((val_x - mean) / std, val_y), c) for c in (0.01, 0.1, 1.0))
+  return max(fits)
+
+
+def main(pretrain_dir: pathlib.Path) -> str:
+  cfg = import_file('configs/shakespeare_genre.py').get_config(None)
+  cfg.data.tokenizer.path = str(pretrain_dir)
+  cfg.data.labelled_per_class = 100
+  cfg, tokenizer = loop.with_tokenizer(cfg, pretrain_dir)
+  train, val = (load_split(s) for s in loop.run_splits(cfg, tokenizer))
+  model = build.model(cfg.model)
+  example = {k: v[:2] for k, v in train.items()}
+  starts = {'masked LM': checkpoint.restore_params(pretrain_dir, step='latest')['encoder'],
+            'random': init_variables(model, jax.random.PRNGKey(0), example)['params']['encoder']}
+  majority = np.bincount(val['label']).max() / len(val['label'])
+  lines = [f'Largest genre: {majority:.2%} of the validation passages.', '',
+           '| layers read | ' + ' | '.join(starts) + ' |', '|---|' + '---:|' * len(starts)]
+  for layers in range(model.config.num_layers + 1):
+    cells = []
+    for params in starts.values():
+      acc, c = probe(pooled_states(model.config, params, train, layers), train['label'],
+                     pooled_states(model.config, params, val, layers), val['label'])
+      cells.append(f'{acc:.2%} (C={c:g})')
+    lines.append(f'| {layers} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('pretrain_dir', type=pathlib.Path,
+                      help='a shakespeare_bert_mlm work directory (checkpoint and tokenizer)')
+  print(main(parser.parse_args().pretrain_dir))
