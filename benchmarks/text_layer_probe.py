@@ -28,19 +28,19 @@ from jaxpretrain.models.transformer import Transformer, pool_features
 _INPUTS = ('input_ids', 'attention_mask', 'token_type_ids')
 
 
-def pooled_states(config, params: dict, batch: dict, layers: int,
-                  chunk: int = 256) -> np.ndarray:
-  """Mean of the real tokens' hidden states after `layers` blocks, (N, D)."""
+def pooled_states(config, params: dict, layers: int, *batches: dict,
+                  chunk: int = 256) -> list[np.ndarray]:
+  """For each batch, the mean of the real tokens' hidden states after `layers` blocks, (N, D)."""
   encoder = Transformer(dataclasses.replace(config, num_layers=layers))
   kept = {k: v for k, v in params.items()
           if not k.startswith('layer_') or int(k.split('_')[1]) < layers}
   apply = jax.jit(lambda b: pool_features(
       encoder.apply({'params': kept}, b, train=False)['hidden_states'], b['attention_mask'],
       'mean'))
-  rows = len(batch['input_ids'])
-  return np.concatenate([np.asarray(apply({k: v[i:i + chunk] for k, v in batch.items()
-                                           if k in _INPUTS}))
-                         for i in range(0, rows, chunk)])
+  return [np.concatenate([np.asarray(apply({k: v[i:i + chunk] for k, v in batch.items()
+                                            if k in _INPUTS}))
+                          for i in range(0, len(batch['input_ids']), chunk)])
+          for batch in batches]
 
 
 def probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
@@ -68,8 +68,8 @@ def main(pretrain_dir: pathlib.Path) -> str:
   for layers in range(model.config.num_layers + 1):
     cells = []
     for params in starts.values():
-      acc, c = probe(pooled_states(model.config, params, train, layers), train['label'],
-                     pooled_states(model.config, params, val, layers), val['label'])
+      train_x, val_x = pooled_states(model.config, params, layers, train, val)
+      acc, c = probe(train_x, train['label'], val_x, val['label'])
       cells.append(f'{acc:.2%} (C={c:g})')
     lines.append(f'| {layers} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
