@@ -38,8 +38,8 @@ def get_config(variant=None):
   c.finetune = _load('shakespeare_genre.py', variant)
   # Few labels, as fine-tuning is for: 100 passages per genre (600 of the 9,786), like the
   # main job's 600 images; 15 short epochs, and one learning-rate grid for both classifiers.
-  c.finetune.data.labelled_per_class = 100
-  if variant != 'tiny':  # The tiny classifier keeps its own few steps.
+  if variant != 'tiny':  # The tiny classifier keeps its own data and few steps.
+    c.finetune.data.labelled_per_class = 100
     c.finetune.train.epochs = 15
     c.finetune.optimizer.warmup_steps = 30
   c.finetune_lrs = (3e-4, 1e-3)
