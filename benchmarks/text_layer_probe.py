@@ -25,20 +25,25 @@ from jaxpretrain.data import load_split
 from jaxpretrain.models import init_variables
 from jaxpretrain.models.transformer import Transformer, pool_features
 
-_INPUTS = ('input_ids', 'attention_mask', 'token_type_ids')
+INPUTS = ('input_ids', 'attention_mask', 'token_type_ids')
+
+
+def truncated(config, params: dict, layers: int) -> tuple[Transformer, dict]:
+  """The encoder's embeddings and first `layers` blocks: the module and its parameters."""
+  kept = {k: v for k, v in params.items()
+          if not k.startswith('layer_') or int(k.split('_')[1]) < layers}
+  return Transformer(dataclasses.replace(config, num_layers=layers)), kept
 
 
 def pooled_states(config, params: dict, layers: int, *batches: dict,
                   chunk: int = 256) -> list[np.ndarray]:
   """For each batch, the mean of the real tokens' hidden states after `layers` blocks, (N, D)."""
-  encoder = Transformer(dataclasses.replace(config, num_layers=layers))
-  kept = {k: v for k, v in params.items()
-          if not k.startswith('layer_') or int(k.split('_')[1]) < layers}
+  encoder, kept = truncated(config, params, layers)
   apply = jax.jit(lambda b: pool_features(
       encoder.apply({'params': kept}, b, train=False)['hidden_states'], b['attention_mask'],
       'mean'))
   return [np.concatenate([np.asarray(apply({k: v[i:i + chunk] for k, v in batch.items()
-                                            if k in _INPUTS}))
+                                            if k in INPUTS}))
                           for i in range(0, len(batch['input_ids']), chunk)])
           for batch in batches]
 
