@@ -36,20 +36,19 @@ def get_config(variant=None):
   c.pretrain = _load('shakespeare_bert_mlm.py', variant)
   # The recipe points both classifiers at the pre-training run's tokenizer.
   c.finetune = _load('shakespeare_genre.py', variant)
-  # Few labels, as fine-tuning is for: 100 passages per genre (600 of the 9,786), like the
-  # main job's 600 images; 15 short epochs, and one learning-rate grid for both classifiers.
-  if variant != 'tiny':  # The tiny classifier keeps its own data and few steps.
-    c.finetune.data.labelled_per_class = 100
-    c.finetune.train.epochs = 15
-    c.finetune.optimizer.warmup_steps = 30
-  c.finetune_lrs = (3e-4, 1e-3)
-  c.scratch_lrs = (3e-4, 1e-3)
   c.lm = _load('shakespeare_gpt_clm.py', variant)
   # top_k 0 samples from the whole vocabulary.
   c.generate = dict(prompt='O gentle night,', max_new_tokens=200, temperature=0.8, top_k=40,
                     seed=0)
-  if variant == 'tiny':
+  if variant == 'tiny':  # The tiny classifier keeps its own data and few steps.
     c.finetune_lrs = (3e-4,)
     c.scratch_lrs = (1e-3,)
     c.generate.max_new_tokens = 16
+  else:
+    # Few labels, as fine-tuning is for: 100 passages per genre (600 of the 9,786), like the
+    # main job's 600 images; 15 short epochs, and one learning-rate grid for both classifiers.
+    c.finetune.data.labelled_per_class = 100
+    c.finetune.train.epochs = 15
+    c.finetune.optimizer.warmup_steps = 30
+    c.finetune_lrs = c.scratch_lrs = (3e-4, 1e-3)
   return c
