@@ -122,8 +122,9 @@ def test_macro_f1_is_over_the_whole_split(recipe_run, test_logits, mode):
   assert result['macro_f1'] == pytest.approx(whole, abs=1e-12)
   per_batch = np.mean([metrics.macro_f1(logits=x, labels=y, where=w)
                        for x, y, w in zip(logits, labels, where)])
-  # The mean of per-batch F1s is another number, far outside the 1e-12 above.
-  assert abs(per_batch - whole) > 1e-6
+  # The mean of per-batch F1s is another number, farther from the whole-split F1 than both
+  # tolerances here (1e-12 above, 5e-5 for the report's four decimals below) can hide.
+  assert abs(per_batch - whole) > 1e-4
   report_f1 = _table_rows((recipe_run / 'report.md').read_text(), CLASSIFIERS)[CLASSIFIERS[0]][1]
   assert float(report_f1) == pytest.approx(whole, abs=5e-5)
 
