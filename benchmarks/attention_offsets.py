@@ -29,7 +29,8 @@ from text_layer_probe import INPUTS, truncated
 ROWS = 64
 
 
-def attention_probs(config, params: dict, layer: int, batch: dict) -> np.ndarray:
+def attention_probs(config, params: dict, layer: int, batch: dict,
+                    mask_Bx1xLxL: jax.Array) -> np.ndarray:
   """(B, H, L, L) attention probabilities of block `layer`, as the model computes them."""
   encoder, kept = truncated(config, params, layer)
   hidden = encoder.apply({'params': kept}, batch, train=False)['hidden_states']
@@ -42,8 +43,8 @@ def attention_probs(config, params: dict, layer: int, batch: dict) -> np.ndarray
                           + block['attention'][name]['bias']).reshape(b, l, config.num_heads, -1)
   q, k = project('query'), project('key')
   scores = jnp.einsum('bqhk,bthk->bhqt', q, k) * q.shape[-1] ** -0.5
-  mask = make_attention_mask(batch['attention_mask'], causal=config.causal)
-  return np.asarray(jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=-1))
+  scores += jnp.where(mask_Bx1xLxL, 0.0, jnp.finfo(jnp.float32).min)
+  return np.asarray(jax.nn.softmax(scores, axis=-1))
 
 
 def main(config_file: str, workdir: pathlib.Path) -> str:
@@ -55,20 +56,19 @@ def main(config_file: str, workdir: pathlib.Path) -> str:
   config = build.model(cfg.model).config
   params = checkpoint.restore_params(workdir, step='latest')['encoder']
   offsets = range(-3, 1) if config.causal else range(-2, 3)
-  keys = np.asarray(make_attention_mask(batch['attention_mask'], causal=config.causal)
-                    ).sum(-1)[:, 0]  # (B, L): keys each query sees
-  length = keys.shape[1]
+  mask_Bx1xLxL = make_attention_mask(batch['attention_mask'], causal=config.causal)
+  keys_BxL = np.asarray(mask_Bx1xLxL).sum(-1)[:, 0]  # keys each query sees
+  # Queries far enough from both ends to have every offset.
+  queries = range(3, keys_BxL.shape[1] - 3)
+  uniform = np.mean([(1 / keys_BxL[:, i]).mean() for i in queries])
   lines = ['| layer, head | entropy (nats) | ' + ' | '.join(f'{o:+d}' for o in offsets)
            + ' | uniform |', '|---|---:|' + '---:|' * (len(offsets) + 1)]
   for layer in range(config.num_layers):
-    probs = attention_probs(config, params, layer, batch)
+    probs = attention_probs(config, params, layer, batch, mask_Bx1xLxL)
     for head in range(config.num_heads):
       p = probs[:, head]
       entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1).mean()
-      # Queries far enough from both ends to have every offset.
-      queries = range(3, length - 3)
       cells = [np.mean([p[:, i, i + o].mean() for i in queries]) for o in offsets]
-      uniform = np.mean([(1 / keys[:, i]).mean() for i in queries])
       lines.append(f'| {layer}, {head} | {entropy:.2f} | ' + ' | '.join(f'{c:.3f}' for c in cells)
                    + f' | {uniform:.3f} |')
   return '\n'.join(lines)
