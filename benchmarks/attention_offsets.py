@@ -23,7 +23,7 @@ import numpy as np
 from jaxpretrain import build, checkpoint, loop
 from jaxpretrain.config import import_file
 from jaxpretrain.data import load_split
-from jaxpretrain.models.transformer import make_attention_mask
+from jaxpretrain.models.transformer import alibi_bias, make_attention_mask
 from text_layer_probe import INPUTS, truncated
 
 ROWS = 64
@@ -43,6 +43,9 @@ def attention_probs(config, params: dict, layer: int, batch: dict,
                           + block['attention'][name]['bias']).reshape(b, l, config.num_heads, -1)
   q, k = project('query'), project('key')
   scores = jnp.einsum('bqhk,bthk->bhqt', q, k) * q.shape[-1] ** -0.5
+  if config.position_encoding == 'alibi':
+    positions_1xL = jnp.arange(l)[None]
+    scores += alibi_bias(positions_1xL, positions_1xL, config.num_heads)
   scores += jnp.where(mask_Bx1xLxL, 0.0, jnp.finfo(jnp.float32).min)
   return np.asarray(jax.nn.softmax(scores, axis=-1))
 

@@ -37,21 +37,26 @@ def assert_greedy_continuation(prompt, tokens):
   np.testing.assert_array_equal(tokens[p:], logits[p - 1:-1].argmax(-1))
 
 
-def test_cached_logits_equal_full_forward_in_any_chunks():
+@pytest.mark.parametrize('encoding', ['learned', 'alibi'])
+def test_cached_logits_equal_full_forward_in_any_chunks(encoding):
   t = 12
   tokens = np.random.default_rng(1).integers(1, V, (B, t)).astype(np.int32)
   mask = np.ones((B, t), np.int32)
   mask[1, :2] = 0  # left padding, which must stay masked in every later step
-  decoder = GPTForCausalLM(dataclasses.replace(CFG, decode=True))
+  cfg = dataclasses.replace(CFG, position_encoding=encoding)
+  params = PARAMS if encoding == 'learned' else jax.jit(GPTForCausalLM(cfg).init)(
+      jax.random.key(0), {'input_ids': jnp.zeros((1, 4), jnp.int32)})['params']
+  decoder = GPTForCausalLM(dataclasses.replace(cfg, decode=True))
   shapes = jax.eval_shape(decoder.init, jax.random.key(0), {'input_ids': tokens})
-  assert jax.tree.structure(shapes['params']) == jax.tree.structure(PARAMS)
+  assert jax.tree.structure(shapes['params']) == jax.tree.structure(params)
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])  # empty
-  full = full_logits(tokens, attention_mask=mask)
+  full = np.asarray(GPTForCausalLM(cfg).apply(
+      {'params': params}, {'input_ids': tokens, 'attention_mask': mask})['logits'])
   apply = jax.jit(functools.partial(decoder.apply, mutable=['cache']))
   cached = []
   for start, stop in [(0, 5), (5, 6), (6, 8), (8, 9), (9, 10), (10, 12)]:  # a prompt, then steps
     chunk = {'input_ids': tokens[:, start:stop], 'attention_mask': mask[:, start:stop]}
-    out, variables = apply({'params': PARAMS, 'cache': cache}, chunk)
+    out, variables = apply({'params': params, 'cache': cache}, chunk)
     cache = variables['cache']
     cached.append(np.asarray(out['logits']))
   cached = np.concatenate(cached, axis=1)

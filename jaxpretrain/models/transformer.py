@@ -18,6 +18,7 @@ output axis. Layer indices in the names give `finetune.layer_ids` the depths.
 
 from collections.abc import Callable, Iterable, Sequence
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -34,6 +35,7 @@ _ACTIVATIONS = {
     'relu': nn.relu,
 }
 _POOLINGS = ('first', 'last', 'mean')
+_POSITION_ENCODINGS = ('learned', 'alibi')
 _POOLER_ACTIVATIONS = {'tanh': jnp.tanh, 'relu': nn.relu}  # BERT; DistilBERT's classifier
 
 
@@ -48,6 +50,11 @@ class TransformerConfig:
     num_heads: attention heads; must divide `hidden_size`.
     intermediate_size: width of the MLP's hidden layer.
     max_position_embeddings: rows of the learned position table.
+    position_encoding: how the model knows word order. 'learned': a table of
+      `max_position_embeddings` rows added to the word embeddings (BERT,
+      GPT-2). 'alibi': no table; every head subtracts `slope * |i - j|` from
+      its attention scores (`alibi_bias`), so attention starts out local and
+      depends only on distance, which a masked LM otherwise learns slowly.
     type_vocab_size: rows of the token-type table; 0 for none (then
       `token_type_ids` in a batch are ignored).
     dropout: on embeddings and on each residual branch.
@@ -77,6 +84,7 @@ class TransformerConfig:
   num_heads: int = 12
   intermediate_size: int = 3072
   max_position_embeddings: int = 512
+  position_encoding: str = 'learned'
   type_vocab_size: int = 2
   dropout: float = 0.1
   attention_dropout: float = 0.1
@@ -103,6 +111,9 @@ class TransformerConfig:
     if self.pooler_activation not in _POOLER_ACTIVATIONS:
       raise ConfigError(f'unknown pooler_activation {self.pooler_activation!r}; use one of '
                         f'{sorted(_POOLER_ACTIVATIONS)}')
+    if self.position_encoding not in _POSITION_ENCODINGS:
+      raise ConfigError(f'unknown position_encoding {self.position_encoding!r}; use one of '
+                        f'{list(_POSITION_ENCODINGS)}')
     if self.decode and not self.causal:
       raise ConfigError('decode=True needs a causal model (causal=True)')
 
@@ -171,6 +182,22 @@ def make_attention_mask(attention_mask_BxL: jax.Array, *, segment_ids_BxL: jax.A
   return mask_Bx1xLxL
 
 
+def alibi_slopes(num_heads: int) -> jax.Array:
+  """ALiBi's per-head slopes 2^(-8h/H), h = 1..H: from gently to sharply local."""
+  return 2.0 ** (-8.0 * jnp.arange(1, num_heads + 1) / num_heads)
+
+
+def alibi_bias(query_positions_BxL: jax.Array, key_positions_BxT: jax.Array,
+               num_heads: int) -> jax.Array:
+  """Attention-score bias `-slope_h * |i - j|`, (B, H, L, T), for `position_encoding='alibi'`.
+
+  ALiBi (Press et al., 2022) in the symmetric form that MosaicBERT uses for
+  encoders; under a causal mask only `j <= i` remain, as in the original.
+  """
+  distance_BxLxT = jnp.abs(query_positions_BxL[:, :, None] - key_positions_BxT[:, None, :])
+  return -alibi_slopes(num_heads)[:, None, None] * distance_BxLxT[:, None].astype(jnp.float32)
+
+
 def pool_features(hidden_BxLxD: jax.Array, attention_mask_BxL: jax.Array, how: str) -> jax.Array:
   """One vector per sequence: 'first' token, 'last' real token, or 'mean' of the real ones."""
   if how == 'first':
@@ -210,12 +237,14 @@ class SelfAttention(nn.Module):
   Queries have length L and keys length T: T = L, except in decoding
   (`config.decode`), where the keys and values of every call so far are kept
   in the `cache` collection (`cached_key`, `cached_value` (B, T, H, K) and
-  `cache_index`) and the mask is (B, 1, L, T).
+  `cache_index`) and the mask is (B, 1, L, T). `bias_BxHxLxT`, if given, is
+  added to the scores (`alibi_bias`).
   """
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxT: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxT: jax.Array, *, train: bool,
+               bias_BxHxLxT: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     b, l, d = x_BxLxD.shape
     h = cfg.num_heads
@@ -226,6 +255,8 @@ class SelfAttention(nn.Module):
       k_BxTxHxK, v_BxTxHxK = self._cached_keys_values(k_BxTxHxK, v_BxTxHxK)
     scores_BxHxLxT = jnp.einsum('bqhk,bthk->bhqt', q_BxLxHxK, k_BxTxHxK,
                                 preferred_element_type=jnp.float32) * k ** -0.5
+    if bias_BxHxLxT is not None:
+      scores_BxHxLxT += bias_BxHxLxT
     # The most negative finite float, not -inf: a query with no key left (padding in a
     # packed row) gets uniform weights instead of NaN.
     scores_BxHxLxT += jnp.where(mask_Bx1xLxT, 0.0, jnp.finfo(jnp.float32).min)
@@ -272,22 +303,27 @@ class TransformerBlock(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxL: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxL: jax.Array, *, train: bool,
+               bias_BxHxLxL: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     drop = Dropout(cfg.dropout, deterministic=not train)
-    attention = SelfAttention(cfg, name='attention')
+    attention = functools.partial(SelfAttention(cfg, name='attention'), train=train,
+                                  bias_BxHxLxT=bias_BxHxLxL)
     attention_norm = _layer_norm(cfg, 'attention_norm')
     mlp = MLP(cfg, name='mlp')
     mlp_norm = _layer_norm(cfg, 'mlp_norm')
     if cfg.pre_norm:
-      x_BxLxD = x_BxLxD + drop(attention(attention_norm(x_BxLxD), mask_Bx1xLxL, train=train))
+      x_BxLxD = x_BxLxD + drop(attention(attention_norm(x_BxLxD), mask_Bx1xLxL))
       return x_BxLxD + drop(mlp(mlp_norm(x_BxLxD)))
-    x_BxLxD = attention_norm(x_BxLxD + drop(attention(x_BxLxD, mask_Bx1xLxL, train=train)))
+    x_BxLxD = attention_norm(x_BxLxD + drop(attention(x_BxLxD, mask_Bx1xLxL)))
     return mlp_norm(x_BxLxD + drop(mlp(x_BxLxD)))
 
 
 class Embeddings(nn.Module):
   """Word + position (+ token type) embeddings; LayerNorm for post-norm models; dropout.
+
+  With `position_encoding='alibi'` there is no position table: the attention
+  scores carry word order instead.
 
   `attend` projects hidden states onto the vocabulary with the word
   embeddings' transpose (tied LM heads).
@@ -299,7 +335,8 @@ class Embeddings(nn.Module):
     embed = lambda n: nn.Embed(n, cfg.hidden_size, dtype=cfg.dtype,
                                embedding_init=nn.initializers.normal(cfg.initializer_range))
     self.word_embeddings = embed(cfg.vocab_size)
-    self.position_embeddings = embed(cfg.max_position_embeddings)
+    if cfg.position_encoding == 'learned':
+      self.position_embeddings = embed(cfg.max_position_embeddings)
     if cfg.type_vocab_size:
       self.token_type_embeddings = embed(cfg.type_vocab_size)
     if not cfg.pre_norm:
@@ -309,7 +346,9 @@ class Embeddings(nn.Module):
   def __call__(self, input_ids_BxL: jax.Array, positions_BxL: jax.Array,
                token_type_ids_BxL: jax.Array | None = None, *, train: bool) -> jax.Array:
     cfg = self.config
-    x_BxLxD = self.word_embeddings(input_ids_BxL) + self.position_embeddings(positions_BxL)
+    x_BxLxD = self.word_embeddings(input_ids_BxL)
+    if cfg.position_encoding == 'learned':
+      x_BxLxD += self.position_embeddings(positions_BxL)
     if cfg.type_vocab_size:
       if token_type_ids_BxL is None:
         token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
@@ -387,10 +426,19 @@ class Transformer(nn.Module):
                               train=train)
     mask_Bx1xLxL = make_attention_mask(attention_mask_BxL, segment_ids_BxL=batch.get('segment_ids'),
                                        causal=cfg.causal)
+    query_positions_BxL = key_positions_BxT = positions_BxL
     if cfg.decode:
       mask_Bx1xLxL = decode_mask_Bx1xLxT
+      # ALiBi measures distance between cache slots, the same as between positions:
+      # a prompt's real tokens are contiguous after its left padding.
+      query_positions_BxL = start + jnp.arange(l)[None]
+      key_positions_BxT = jnp.arange(mask_Bx1xLxL.shape[-1])[None]
+    bias_BxHxLxL = None
+    if cfg.position_encoding == 'alibi':
+      bias_BxHxLxL = alibi_bias(query_positions_BxL, key_positions_BxT, cfg.num_heads)
     for i in range(cfg.num_layers):
-      x_BxLxD = TransformerBlock(cfg, name=f'layer_{i}')(x_BxLxD, mask_Bx1xLxL, train=train)
+      x_BxLxD = TransformerBlock(cfg, name=f'layer_{i}')(x_BxLxD, mask_Bx1xLxL, train=train,
+                                                         bias_BxHxLxL=bias_BxHxLxL)
     if cfg.pre_norm:
       x_BxLxD = _layer_norm(cfg, 'final_norm')(x_BxLxD)
     out = {'hidden_states': x_BxLxD}
@@ -426,7 +474,8 @@ class Transformer(nn.Module):
     key_mask = self.variable('cache', 'key_mask', jnp.zeros, (b, l), bool)
     if not initialized:
       # The position table is a gather, which would clamp out-of-range positions silently.
-      if l + cfg.position_offset > cfg.max_position_embeddings:
+      if (cfg.position_encoding == 'learned'
+          and l + cfg.position_offset > cfg.max_position_embeddings):
         raise ConfigError(f'a decoding cache of {l} tokens needs positions up to '
                           f'{l + cfg.position_offset - 1}, beyond max_position_embeddings='
                           f'{cfg.max_position_embeddings}; shorten the prompt or the '

@@ -13,6 +13,7 @@ from jaxpretrain.finetune import layer_ids
 from jaxpretrain.models import (PRESETS, BertForMaskedLM, GPTForCausalLM, Regressor,
                                 SequenceClassifier, TokenClassifier, Transformer, init_variables,
                                 make_apply_fn)
+from jaxpretrain.models.transformer import alibi_bias, alibi_slopes
 
 V, D, B, L = 101, 32, 2, 8
 KEY = jax.random.PRNGKey(0)
@@ -123,10 +124,11 @@ def test_decoder_is_causal():
   assert (norms_LxL[~future] > 0).all()
 
 
-@pytest.mark.parametrize('preset,model', [('gpt2_small', GPTForCausalLM),
-                                          ('bert_base', BertForMaskedLM)])
-def test_packed_documents_equal_separate(preset, model):
-  module = model(tiny(preset))
+@pytest.mark.parametrize('preset,model,encoding', [('gpt2_small', GPTForCausalLM, 'learned'),
+                                                   ('bert_base', BertForMaskedLM, 'learned'),
+                                                   ('bert_base', BertForMaskedLM, 'alibi')])
+def test_packed_documents_equal_separate(preset, model, encoding):
+  module = model(tiny(preset, position_encoding=encoding))
   apply_fn, params, _ = build(module)
   rng = np.random.default_rng(3)
   doc1, doc2 = rng.integers(3, V, 3).astype(np.int32), rng.integers(3, V, 4).astype(np.int32)
@@ -144,6 +146,56 @@ def test_packed_documents_equal_separate(preset, model):
   np.testing.assert_allclose(together[:3], alone[0, :3], atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(together[3:7], alone[1, :4], atol=1e-5, rtol=1e-5)
   assert np.isfinite(np.asarray(together)).all()
+
+
+def test_alibi_bias_is_minus_slope_times_distance():
+  np.testing.assert_allclose(alibi_slopes(4), [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8])
+  positions = jnp.array([[0, 1, 2, 5]])
+  bias_BxHxLxT = np.asarray(alibi_bias(positions, positions, 4))
+  assert bias_BxHxLxT.shape == (1, 4, 4, 4)
+  distance = np.abs(np.array([0, 1, 2, 5])[:, None] - np.array([0, 1, 2, 5])[None])
+  np.testing.assert_allclose(bias_BxHxLxT[0, 1], -distance / 16)
+
+
+@pytest.mark.parametrize('preset,model', [('bert_base', BertForMaskedLM),
+                                          ('gpt2_small', GPTForCausalLM)])
+def test_alibi_has_no_position_table_and_sees_only_distances(preset, model):
+  """Shifting every position changes a learned-position model, not an ALiBi one."""
+  batch = text_batch()
+  shifted = {**batch, 'positions': np.broadcast_to(np.arange(L) + 5, (B, L)).astype(np.int32)}
+  outputs = {}
+  for encoding in ('learned', 'alibi'):
+    apply_fn, params, _ = build(model(tiny(preset, position_encoding=encoding)), batch)
+    assert ('position_embeddings' in params['encoder']['embeddings']) == (encoding == 'learned')
+    outputs[encoding] = [np.asarray(apply_fn({'params': params}, b)['logits'])
+                         for b in (batch, shifted)]
+  np.testing.assert_allclose(*outputs['alibi'], atol=1e-5)
+  assert not np.allclose(*outputs['learned'], atol=1e-3)
+  # Word order still matters: swapping two tokens moves the logits of the others
+  # (larger weights than the preset's make the change visible at initialisation).
+  swapped = batch['input_ids'].copy()
+  swapped[:, [1, 2]] = swapped[:, [2, 1]]
+  module = model(tiny(preset, position_encoding='alibi', initializer_range=0.2))
+  apply_fn, params, _ = build(module, batch)
+  logits = [np.asarray(apply_fn({'params': params}, {**batch, 'input_ids': ids})['logits'])
+            for ids in (batch['input_ids'], swapped)]
+  assert not np.allclose(logits[0][0, 4:], logits[1][0, 4:], atol=1e-3)
+
+
+def test_alibi_decoder_is_causal():
+  module = GPTForCausalLM(tiny('gpt2_small', position_encoding='alibi'))
+  apply_fn, params, batch = build(module)
+  ids = batch['input_ids'].copy()
+  ids[:, 5:] = (ids[:, 5:] + 1) % V
+  a = np.asarray(apply_fn({'params': params}, batch)['logits'])
+  b = np.asarray(apply_fn({'params': params}, {**batch, 'input_ids': ids})['logits'])
+  np.testing.assert_allclose(a[:, :5], b[:, :5], atol=1e-6)
+  assert not np.allclose(a[:, 5:], b[:, 5:], atol=1e-3)
+
+
+def test_unknown_position_encoding_is_a_clear_error():
+  with pytest.raises(ConfigError, match="position_encoding 'rope'.*'alibi'"):
+    tiny('bert_base', position_encoding='rope')
 
 
 def test_tied_lm_heads_project_with_word_embeddings():
