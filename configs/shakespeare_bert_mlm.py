@@ -20,10 +20,7 @@ def get_config(variant=None):
   # the genre classifier fine-tuned from them reached 47.3% validation accuracy against
   # 39.2% from tied ones (BENCHMARKS.md, the text recipe).
   c.model.transformer.tie_word_embeddings = False
-  # With BERT's learned positions every head spreads its attention evenly for all 2,000
-  # steps and the loss stays on its frequency plateau (5.82); ALiBi's distance penalty makes
-  # attention local from the start (validation 5.27 against 5.96 at step 500; BENCHMARKS.md).
-  c.model.transformer.position_encoding = 'alibi'
+  c.model.transformer.position_encoding = common.ENCODER_POSITION_ENCODING
   c.objective = dict(name='masked_lm', rate=0.15)
   # Post-LayerNorm BERT's masked-LM loss falls a little faster at 1e-3 than at GPT's
   # 5e-4 (validation 5.93 against 5.98 at step 500, 5.74 against 5.76 at 2,000).

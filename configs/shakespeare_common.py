@@ -4,6 +4,12 @@ import ml_collections
 
 from jaxpretrain.config import transformer_section
 
+# Word order in the encoders: the masked LM and every model started from it (the genre
+# classifiers, the distilled student). With BERT's learned positions the masked LM's heads
+# spread their attention evenly for all 2,000 steps and its loss stays on the frequency
+# plateau (5.82); ALiBi's distance penalty makes attention local from the start (BENCHMARKS.md).
+ENCODER_POSITION_ENCODING = 'alibi'
+
 
 def data(name, variant, *, seq_len, kind='wordpiece', task=''):
   """A text data section: the dataset, the task it feeds, its splits and the run's tokenizer.

@@ -1,7 +1,8 @@
 """DistilBERT-style masked-LM pre-training by distillation from a BERT-mini teacher.
 
 The student is a DistilBERT configuration (no token types, no pooler) with half
-the teacher's layers at the teacher's width, as DistilBERT halves BERT. It
+the teacher's layers at the teacher's width, as DistilBERT halves BERT, and the
+teacher's position encoding. It
 learns the masked-LM task from `alpha` times the temperature-scaled KL to the
 frozen teacher's logits plus `1 - alpha` times the hard-label loss; the teacher
 runs inside the same step on the same masked inputs.
@@ -39,6 +40,7 @@ def _student(variant):
                         intermediate_size=teacher.intermediate_size,
                         max_position_embeddings=teacher.max_position_embeddings))
   student.num_layers = teacher_layers // 2
+  student.position_encoding = common.ENCODER_POSITION_ENCODING
   return student, teacher_layers
 
 

@@ -22,8 +22,7 @@ def get_config(variant=None):
   # reads the mean of the real tokens' states.
   c.model = dict(name='text_classifier', num_classes=6, pooling='mean', dropout=0.1,
                  transformer=common.transformer('bert_mini', variant))
-  # The architecture of the masked LM it starts from (configs/shakespeare_bert_mlm.py).
-  c.model.transformer.position_encoding = 'alibi'
+  c.model.transformer.position_encoding = common.ENCODER_POSITION_ENCODING
   c.objective = dict(name='classification')
   c.optimizer.lr = 1e-4
   c.optimizer.weight_decay = 0.01

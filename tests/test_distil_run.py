@@ -81,6 +81,9 @@ def test_the_student_is_a_half_depth_distilbert_started_from_every_other_teacher
   assert sorted(k for k in encoder if k.startswith('layer_')) == ['layer_0']
   assert sorted(k for k in teacher_encoder if k.startswith('layer_')) == ['layer_0', 'layer_1']
   assert 'pooler' not in encoder and 'token_type_embeddings' not in encoder['embeddings']
+  # The teacher's word order: both have a position table, or neither.
+  assert (encoder['embeddings'].keys() - {'token_type_embeddings'}
+          == teacher_encoder['embeddings'].keys() - {'token_type_embeddings'})
   kernel = lambda e, layer: e[layer]['mlp']['input']['kernel']
   # Four small AdamW steps move a weight by a few 1e-3 at most; another layer is far away.
   assert np.max(np.abs(kernel(encoder, 'layer_0') - kernel(teacher_encoder, 'layer_0'))) < 5e-3
