@@ -121,6 +121,30 @@ def _teacher_model(source: str) -> nn.Module:
   return model(Config(manifest['config']['model']))
 
 
+def check_position_encoding(model_cfg: Config, source: str) -> None:
+  """Refuses to start a Transformer from weights trained with another position encoding.
+
+  Its layers would read word order they never learned (an ALiBi model has no
+  position table; a learned table would be dropped or left random), which
+  `from_pretrained` cannot see from the parameter names alone.
+  """
+  if not source or 'transformer' not in model_cfg:
+    return
+  ours = model_cfg.transformer.get('position_encoding', 'learned')
+  if convert.is_hf_directory(source):
+    theirs = 'learned'  # BERT, RoBERTa, DistilBERT and GPT-2 all learn a position table.
+  else:
+    try:
+      theirs = (checkpoint.read_manifest(source)['config']['model'].get('transformer', {})
+                .get('position_encoding', 'learned'))
+    except FileNotFoundError:
+      return  # from_pretrained says what is missing.
+  if theirs != ours:
+    raise ConfigError(f'finetune.pretrained={source!r} was trained with position_encoding='
+                      f'{theirs!r}, but this model has {ours!r}; set '
+                      f'--config.model.transformer.position_encoding={theirs}')
+
+
 def _check_vocabulary(source: str, teacher: nn.Module, tokenizer: Any) -> None:
   """The student's tokenizer must be the teacher's: the soft loss compares the same token ids."""
   theirs, ours = teacher.config.vocab_size, tokenizer.get_vocab_size()

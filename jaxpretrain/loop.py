@@ -219,6 +219,7 @@ def initial_state(config: Config, ft_cfg: Config | None, total_steps: int,
   Under `parallel.mode='pmap'` its BatchNorm layers average over all devices.
   """
   schedule = build.learning_rate(config.optimizer, total_steps)
+  build.check_position_encoding(config.model, (ft_cfg or {}).get('pretrained', ''))
   model = build.model(config.model)
   if config.parallel.get('mode') == 'pmap':
     model = sync_batch_norm(model, parallel.PMAP_AXIS)

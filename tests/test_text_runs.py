@@ -46,6 +46,14 @@ def test_genre_finetuning_starts_from_the_pretrained_encoder(bert_run, text_reci
   assert result['examples'] == len(text.genre_passages('test'))
 
 
+def test_starting_from_another_position_encoding_is_a_clear_error(bert_run, tmp_path):
+  config = config_lib.override(config_lib.load('configs/shakespeare_genre.py:tiny'), [
+      f'finetune.pretrained={bert_run}', f'data.tokenizer.path={bert_run}',
+      'model.transformer.position_encoding=learned'])
+  with pytest.raises(ConfigError, match="position_encoding='alibi'.*position_encoding=alibi"):
+    loop.train(config, tmp_path / 'genre', progress=False)
+
+
 def test_gpt_clm_pretraining_runs_on_packed_plays(text_recipe_run):
   lm = text_recipe_run / 'lm'
   assert checkpoint.read_manifest(lm)['config']['model']['name'] == 'gpt_clm'
