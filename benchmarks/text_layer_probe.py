@@ -79,6 +79,8 @@ def main(pretrain_dir: pathlib.Path) -> str:
   cfg = import_file('configs/shakespeare_genre.py').get_config(None)
   cfg.data.tokenizer.path = str(pretrain_dir)
   cfg.data.labelled_per_class = 100
+  # The run's own encoder, as its manifest records it, not today's config file's.
+  cfg.model.transformer = checkpoint.read_manifest(pretrain_dir)['config']['model']['transformer']
   cfg, tokenizer = loop.with_tokenizer(cfg, pretrain_dir)
   train, val = (load_split(s) for s in loop.run_splits(cfg, tokenizer))
   model = build.model(cfg.model)

@@ -238,7 +238,9 @@ class SelfAttention(nn.Module):
   (`config.decode`), where the keys and values of every call so far are kept
   in the `cache` collection (`cached_key`, `cached_value` (B, T, H, K) and
   `cache_index`) and the mask is (B, 1, L, T). `bias_BxHxLxT`, if given, is
-  added to the scores (`alibi_bias`).
+  added to the scores (`alibi_bias`). The attention probabilities (B, H, L, T)
+  are sown as `intermediates/.../attention_probs`: apply with
+  `mutable=['intermediates']` to read them.
   """
   config: TransformerConfig
 
@@ -261,6 +263,7 @@ class SelfAttention(nn.Module):
     # packed row) gets uniform weights instead of NaN.
     scores_BxHxLxT += jnp.where(mask_Bx1xLxT, 0.0, jnp.finfo(jnp.float32).min)
     probs_BxHxLxT = jax.nn.softmax(scores_BxHxLxT, axis=-1)
+    self.sow('intermediates', 'attention_probs', probs_BxHxLxT)
     probs_BxHxLxT = Dropout(cfg.attention_dropout, deterministic=not train)(probs_BxHxLxT)
     out_BxLxHxK = jnp.einsum('bhqt,bthk->bqhk', probs_BxHxLxT.astype(cfg.dtype), v_BxTxHxK)
     return _dense(cfg, d, 'output', _residual_std(cfg))(out_BxLxHxK.reshape(b, l, d))

@@ -124,6 +124,27 @@ def test_decoder_is_causal():
   assert (norms_LxL[~future] > 0).all()
 
 
+@pytest.mark.parametrize('preset,causal', [('bert_base', False), ('gpt2_small', True)])
+def test_attention_probabilities_are_sown_on_request(preset, causal):
+  """Rows are distributions over the keys a query may see; only a mutable apply keeps them."""
+  module = Transformer(tiny(preset, position_encoding='alibi'))
+  params = init_variables(module, KEY, text_batch())['params']
+  batch = text_batch()
+  plain = module.apply({'params': params}, batch, train=False)
+  out, state = module.apply({'params': params}, batch, train=False, mutable=['intermediates'])
+  np.testing.assert_array_equal(out['hidden_states'], plain['hidden_states'])
+  for i in range(2):
+    (probs_BxHxLxL,) = state['intermediates'][f'layer_{i}']['attention']['attention_probs']
+    assert probs_BxHxLxL.shape == (B, 2, L, L)
+    np.testing.assert_allclose(probs_BxHxLxL.sum(-1), 1.0, rtol=1e-5)
+    visible_BxLxL = np.broadcast_to(batch['attention_mask'][:, None, :].astype(bool), (B, L, L))
+    if causal:
+      visible_BxLxL = visible_BxLxL & np.tril(np.ones((L, L), bool))
+    hidden_BxHxLxL = np.broadcast_to(~visible_BxLxL[:, None], probs_BxHxLxL.shape)
+    assert (np.asarray(probs_BxHxLxL)[hidden_BxHxLxL] == 0).all()
+    assert (np.asarray(probs_BxHxLxL)[~hidden_BxHxLxL] > 0).all()
+
+
 @pytest.mark.parametrize('preset,model,encoding', [('gpt2_small', GPTForCausalLM, 'learned'),
                                                    ('bert_base', BertForMaskedLM, 'learned'),
                                                    ('bert_base', BertForMaskedLM, 'alibi')])
