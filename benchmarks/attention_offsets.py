@@ -6,9 +6,10 @@
 For 64 validation rows of a Shakespeare pre-training run (its config file and
 work directory, which holds its checkpoint and tokenizer), each head's attention
 probabilities (as the model sows them in `intermediates`) are averaged over
-queries at each offset -2..+2 from the query (causal models: -3..0). A head that reads its neighbours puts far more than 1/keys there; one
-that ignores order spreads like the uniform weight, shown beside. Also prints
-each head's mean entropy. A Markdown table.
+real (not padding) queries at each offset -2..+2 from the query (causal
+models: -3..0). A head that reads its neighbours puts far more than 1/keys
+there; one that ignores order spreads like the uniform weight, shown beside.
+Also prints each head's mean entropy. A Markdown table.
 """
 
 import argparse
@@ -47,16 +48,19 @@ def main(config_file: str, workdir: pathlib.Path) -> str:
   offsets = range(-3, 1) if config.causal else range(-2, 3)
   mask_Bx1xLxL = make_attention_mask(batch['attention_mask'], causal=config.causal)
   keys_BxL = np.asarray(mask_Bx1xLxL).sum(-1)[:, 0]  # keys each query sees
-  # Queries far enough from both ends to have every offset.
-  queries = range(3, keys_BxL.shape[1] - 3)
-  uniform = np.mean([(1 / keys_BxL[:, i]).mean() for i in queries])
+  # Real queries far enough from both ends to have every offset as a real token: padding
+  # ends a row, so that is a query whose farthest offset still falls on a real token.
+  queries_Q = np.arange(3, keys_BxL.shape[1] - 3)
+  real_BxQ = np.asarray(batch['attention_mask'])[:, queries_Q + max(offsets)].astype(bool)
+  mean = lambda x_BxQ: x_BxQ[real_BxQ].mean()
+  uniform = mean(1 / keys_BxL[:, queries_Q])
   lines = ['| layer, head | entropy (nats) | ' + ' | '.join(f'{o:+d}' for o in offsets)
            + ' | uniform |', '|---|---:|' + '---:|' * (len(offsets) + 1)]
   for layer, probs in enumerate(attention_probs(config, params, batch)):
     for head in range(config.num_heads):
-      p = probs[:, head]
-      entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1).mean()
-      cells = [np.mean([p[:, i, i + o].mean() for i in queries]) for o in offsets]
+      p_BxLxL = probs[:, head]
+      entropy = mean(-(p_BxLxL * np.log(np.where(p_BxLxL > 0, p_BxLxL, 1.0))).sum(-1)[:, queries_Q])
+      cells = [mean(p_BxLxL[:, queries_Q, queries_Q + o]) for o in offsets]
       lines.append(f'| {layer}, {head} | {entropy:.2f} | ' + ' | '.join(f'{c:.3f}' for c in cells)
                    + f' | {uniform:.3f} |')
   return '\n'.join(lines)
