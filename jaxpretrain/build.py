@@ -22,7 +22,6 @@ from jaxpretrain.models import (INCEPTION_PRESETS, PRESETS, RESNET_PRESETS, VGG_
 from jaxpretrain.models.transformer import check_fields as check_transformer_fields
 from jaxpretrain import objectives
 from jaxpretrain.objectives import mixing
-from jaxpretrain.objectives.language import TEACHER
 
 Config = ml_collections.ConfigDict
 
@@ -103,13 +102,18 @@ MODELS: dict[str, Callable[[Config], nn.Module]] = {
 
 # Distillation: what the student learns, and the teacher models that predict it.
 TASKS: dict[str, Callable[..., objectives.TokenTask]] = {'masked_lm': objectives.mlm_task}
-_TEACHER_MODELS: dict[str, type[nn.Module]] = {'masked_lm': BertForMaskedLM}
-_TEACHER_HINT = ("set --config.finetune.teacher to a masked-LM run's work directory (e.g. of "
-                 "configs/shakespeare_bert_mlm.py) or a Hugging Face *ForMaskedLM directory, and "
-                 "--config.data.tokenizer.path to it too")
+_TEACHER_MODELS: dict[str, tuple[type[nn.Module], ...]] = {
+    'masked_lm': (BertForMaskedLM,), 'classification': (Classifier, SequenceClassifier)}
+_TEACHER_HINTS = {
+    'masked_lm': ("set --config.finetune.teacher to a masked-LM run's work directory (e.g. of "
+                  "configs/shakespeare_bert_mlm.py) or a Hugging Face *ForMaskedLM directory, "
+                  "and --config.data.tokenizer.path to it too"),
+    'classification': ("set --config.finetune.teacher to a classifier's work directory (e.g. "
+                       "of configs/fashion_mnist_finetune.py) with the same classes"),
+}
 
 
-def _teacher_model(source: str) -> nn.Module:
+def _teacher_model(source: str, hint: str) -> nn.Module:
   """The teacher's model, as its run's checkpoint manifest or its `config.json` describes it."""
   if convert.is_hf_directory(source):  # Its weights are read again by with_teacher.
     return convert.load_hf(source)[0]
@@ -117,7 +121,7 @@ def _teacher_model(source: str) -> nn.Module:
     manifest = checkpoint.read_manifest(source)
   except FileNotFoundError as e:
     raise ConfigError(f'teacher {source!r} is neither a run with checkpoints nor a Hugging Face '
-                      f'model directory ({e}); {_TEACHER_HINT}') from e
+                      f'model directory ({e}); {hint}') from e
   return model(Config(manifest['config']['model']))
 
 
@@ -159,17 +163,27 @@ def _check_vocabulary(source: str, teacher: nn.Module, tokenizer: Any) -> None:
 
 
 def _distillation(*, task: str, teacher: str = '', temperature: float = 2.0, alpha: float = 0.5,
-                  tokenizer: Any = None, **task_kwargs: Any) -> objectives.Objective:
-  """`objectives.distillation` of `task` from the teacher model found at `teacher`."""
+                  tokenizer: Any = None, augment: augment_lib.Augment | None = None,
+                  **task_kwargs: Any) -> objectives.Objective:
+  """Distillation of `task` from the teacher model found at `teacher`.
+
+  'classification' distils a classifier (`objectives.classifier_distillation`);
+  a token task (`TASKS`) a language model (`objectives.distillation`).
+  """
+  kinds = _pick(_TEACHER_MODELS, task, 'distillation task')
+  hint = _TEACHER_HINTS[task]
   if not teacher:
-    raise ConfigError(f'the distillation objective has no teacher: {_TEACHER_HINT}.')
-  token_task = _pick(TASKS, task, 'distillation task')(**task_kwargs,
-                                                        **token_kwargs(task, tokenizer))
-  module = _teacher_model(teacher)
-  if not isinstance(module, _TEACHER_MODELS[task]):
+    raise ConfigError(f'the distillation objective has no teacher: {hint}.')
+  module = _teacher_model(teacher, hint)
+  if not isinstance(module, kinds):
     raise ConfigError(f'teacher {teacher!r} is a {type(module).__name__}, which does not predict '
-                      f'the {task} task; {_TEACHER_HINT}.')
-  _check_vocabulary(teacher, module, tokenizer)
+                      f'the {task} task; {hint}.')
+  if tokenizer is not None:
+    _check_vocabulary(teacher, module, tokenizer)
+  if task == 'classification':
+    return objectives.classifier_distillation(make_apply_fn(module), augment=augment,
+                                              temperature=temperature, alpha=alpha, **task_kwargs)
+  token_task = TASKS[task](**task_kwargs, **token_kwargs(task, tokenizer))
   return objectives.distillation(token_task, make_apply_fn(module), temperature=temperature,
                                  alpha=alpha)
 
@@ -184,8 +198,15 @@ OBJECTIVES: dict[str, Callable[..., objectives.Objective]] = {
     'simclr': objectives.simclr,
     'masked_image_modeling': objectives.masked_image_modeling,
 }
-# Objectives that make their own views of each image: the run's augmentation is theirs.
-_AUGMENTING = ('simclr',)
+
+
+def _augments_itself(cfg: Config) -> bool:
+  """Whether an objective makes its own views of each image: the run's augmentation is its.
+
+  SimCLR's two views; a classifier's distillation, whose teacher sees the image unaugmented.
+  """
+  return cfg.name == 'simclr' or (cfg.name == 'distillation'
+                                  and cfg.get('task') == 'classification')
 
 
 def token_kwargs(name: str, tokenizer: Any) -> dict[str, Any]:
@@ -248,7 +269,7 @@ def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any 
   """
   extra = {'teacher': teacher} if cfg.name == 'distillation' else {}
   aug = _augment(augment_cfg)
-  if cfg.name in _AUGMENTING:
+  if _augments_itself(cfg):
     extra['augment'] = aug or (lambda image, rng: image)
     aug = None
   obj = _pick(OBJECTIVES, cfg.name, 'objective')(**_kwargs(cfg), **extra,

@@ -149,20 +149,32 @@ def with_tokenizer(config: Config, workdir: pathlib.Path) -> tuple[Config, Any]:
 
 def run_splits(config: Config, tokenizer: Any = None
                ) -> tuple[data_lib.Source, data_lib.Source | None]:
-  """Training and validation sources, as the data section describes."""
+  """Training and validation sources, as the data section describes.
+
+  With `data.unlabelled`, training reads every example of the training split
+  but the held-out validation ones (`validation_per_class`), without labels.
+  """
   cfg = config.data
   train = split_source(cfg, cfg.train_split, tokenizer)
   if cfg.get('labelled_per_class', 0):
     train_idx, val_idx = data_lib.labelled_subset(
         train, cfg.labelled_per_class, seed=cfg.get('subset_seed', 0),
         validation_per_class=cfg.get('validation_per_class', 0))
+    if cfg.get('unlabelled'):
+      train_idx = np.setdiff1d(np.arange(len(train)), val_idx)
     if len(val_idx):
-      return data_lib.subset(train, train_idx), data_lib.subset(train, val_idx)
+      return _training(cfg, data_lib.subset(train, train_idx)), data_lib.subset(train, val_idx)
     # No labels held out of the subset: the validation split, if any, validates it.
     train = data_lib.subset(train, train_idx)
+  train = _training(cfg, train)
   if cfg.get('validation_split'):
     return train, split_source(cfg, cfg.validation_split, tokenizer)
   return train, None
+
+
+def _training(cfg: Config, train: data_lib.Source) -> data_lib.Source:
+  """The training source, without its labels for a `data.unlabelled` run."""
+  return data_lib.without(train, ('label',)) if cfg.get('unlabelled') else train
 
 
 def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:

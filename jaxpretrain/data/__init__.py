@@ -21,4 +21,4 @@ from jaxpretrain.data.pipeline import (
     train_loader,
 )
 from jaxpretrain.data.sources import (InMemory, Source, in_memory, labelled_subset, read_all,
-                                      read_batch, subset)
+                                      read_batch, subset, without)

@@ -115,6 +115,34 @@ def subset(source: Source, indices: Sequence[int] | np.ndarray) -> Source:
   return _Subset(source, indices)
 
 
+class _Without:
+  """The examples of a source without some of their features."""
+
+  def __init__(self, source: Source, keys: frozenset[str]):
+    self._source = source
+    self._keys = keys
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> Example:
+    return {k: v for k, v in self._source[index].items() if k not in self._keys}
+
+  def __getitems__(self, indices: Sequence[int]) -> Sequence[Example]:
+    return [{k: v for k, v in e.items() if k not in self._keys}
+            for e in _get_many(self._source, list(indices))]
+
+  def __repr__(self) -> str:
+    return f'without({self._source!r}, {sorted(self._keys)})'
+
+
+def without(source: Source, keys: Sequence[str]) -> Source:
+  """`source` without the features named in `keys` (e.g. unlabelled images: `('label',)`)."""
+  if isinstance(source, InMemory):
+    return InMemory({k: v for k, v in source.arrays.items() if k not in keys})
+  return _Without(source, frozenset(keys))
+
+
 def read_all(source: Source) -> dict[str, np.ndarray]:
   """Every example of a (small) source, each feature stacked into one array."""
   return read_batch(source, range(len(source)))

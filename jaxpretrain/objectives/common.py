@@ -69,9 +69,13 @@ def with_augmentation(objective: Objective, augment: Callable[[jax.Array, jax.Ar
   def wrapped(apply_fn, params, batch, rng, *, model_state=None, train=True):
     if train:
       aug_rng, rng = jax.random.split(rng)
-      images = batch[image_key]
-      keys = jax.random.split(aug_rng, images.shape[0])
-      batch = {**batch, image_key: jax.vmap(augment)(images, keys)}
+      batch = {**batch, image_key: augment_images(augment, batch[image_key], aug_rng)}
     return objective(apply_fn, params, batch, rng, model_state=model_state, train=train)
 
   return wrapped
+
+
+def augment_images(augment: Callable[[jax.Array, jax.Array], jax.Array],
+                   images_BxHxWxC: jax.Array, rng: jax.Array) -> jax.Array:
+  """`augment` applied to every image of a batch, each with its own key."""
+  return jax.vmap(augment)(images_BxHxWxC, jax.random.split(rng, images_BxHxWxC.shape[0]))

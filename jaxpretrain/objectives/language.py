@@ -15,9 +15,8 @@ import optax
 
 from jaxpretrain.objectives.common import (Batch, Objective, call_model, example_weights,
                                            mean_over, top1_hits)
+from jaxpretrain.objectives.distillation import soft_cross_entropy, split_teacher, teacher_logits
 from jaxpretrain.state import ApplyFn
-
-TEACHER = 'teacher'  # Key of a frozen teacher's parameters in the parameter tree.
 
 
 class TokenTask(NamedTuple):
@@ -116,14 +115,6 @@ def clm_task() -> TokenTask:
   return TokenTask(prepare)
 
 
-def _split_teacher(params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
-  params = dict(params)
-  if TEACHER not in params:
-    raise ValueError(f"distillation needs the teacher's parameters under {TEACHER!r} in the "
-                     "parameter tree; add them with finetune.with_teacher(...)")
-  return params, params.pop(TEACHER)
-
-
 def _predict(task: TokenTask, apply_fn: ApplyFn, params: Any, batch: Batch, rng: jax.Array, *,
              model_state: Any, train: bool, fused: bool = True):
   """Runs the task's inputs through the model: inputs, logits, targets, weights, hard metrics.
@@ -181,18 +172,6 @@ def causal_lm() -> Objective:
   return token_objective(clm_task())
 
 
-def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,
-                       temperature: float) -> jax.Array:
-  """`T^2 * KL(softmax(teacher / T) || softmax(student / T))` over the last axis.
-
-  The `T^2` keeps the gradient's scale independent of the temperature
-  (Hinton et al., 2015).
-  """
-  t_logp = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
-  s_logp = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
-  return temperature ** 2 * jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1)
-
-
 def distillation(task: TokenTask, teacher_apply_fn: ApplyFn, *, temperature: float = 2.0,
                  alpha: float = 0.5) -> Objective:
   """Knowledge distillation: `alpha * soft loss + (1 - alpha) * hard loss`.
@@ -213,14 +192,14 @@ def distillation(task: TokenTask, teacher_apply_fn: ApplyFn, *, temperature: flo
   """
 
   def objective(apply_fn, params, batch, rng, *, model_state=None, train=True):
-    student_params, teacher_params = _split_teacher(params)
+    student_params, teacher_params = split_teacher(params)
     # The soft loss needs the student's logits.
     inputs, logits_BxNxV, weights_BxN, hard, metrics = _predict(
         task, apply_fn, student_params, batch, rng, model_state=model_state, train=train,
         fused=False)
-    teacher = teacher_apply_fn({'params': jax.lax.stop_gradient(teacher_params)}, inputs,
-                               train=False)
-    soft = mean_over(soft_cross_entropy(logits_BxNxV, teacher['logits'], temperature),
+    soft = mean_over(soft_cross_entropy(logits_BxNxV,
+                                        teacher_logits(teacher_apply_fn, teacher_params, inputs),
+                                        temperature),
                      weights_BxN)
     loss = alpha * soft + (1.0 - alpha) * hard
     return loss, {**metrics, 'loss': loss, 'soft_loss': soft, 'hard_loss': hard}
