@@ -178,12 +178,17 @@ def _training(cfg: Config, train: data_lib.Source) -> data_lib.Source:
 
 
 def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
-  """A classifier's labels must index its `model.num_classes` outputs.
+  """A classifier's labels must be there (not `data.unlabelled`) and index its outputs.
 
   Out-of-range labels would not fail: the loss would quietly read a wrong logit.
   Only sources held in memory are checked, since a lazy one would have to be
   decoded whole.
   """
+  if config.data.get('unlabelled') and config.objective.name == 'classification':
+    raise build.ConfigError('data.unlabelled=True drops the training labels the classification '
+                            "objective learns from; distil a teacher's predictions instead "
+                            "(objective.name='distillation', task='classification', as "
+                            'configs/fashion_mnist_distil.py), or set data.unlabelled=False')
   classes = config.model.get('num_classes')
   if config.objective.name != 'classification' or not classes:
     return

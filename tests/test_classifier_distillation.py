@@ -120,6 +120,13 @@ def test_a_distilled_student_trains_from_its_frozen_teacher(teacher, tmp_path):
   assert moved  # The student started as the teacher and learned.
 
 
+def test_unlabelled_data_for_a_classification_objective_is_refused(tmp_path):
+  cfg = config.load('configs/fashion_mnist_finetune.py:tiny')
+  cfg.data.unlabelled = True
+  with pytest.raises(ConfigError, match="objective.name='distillation'"):
+    loop.train(cfg, tmp_path, kind='finetune', progress=False)
+
+
 def test_a_classifier_teacher_is_checked_and_named():
   cfg = config.load('configs/fashion_mnist_distil.py:tiny')
   with pytest.raises(ConfigError, match="classifier's work directory"):
