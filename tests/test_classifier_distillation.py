@@ -1,5 +1,6 @@
 """A classifier's distillation from a frozen teacher on unlabelled images."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ from jaxpretrain import build, checkpoint, cli, config, loop, objectives
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.data import InMemory, read_all, without
 from jaxpretrain.errors import ConfigError
+from jaxpretrain.models import make_apply_fn
 
 B, P, K = 6, 4, 3
 IMAGES = np.random.default_rng(0).normal(size=(B, 2, 2, 1)).astype(np.float32)
@@ -64,6 +66,22 @@ def test_the_teacher_sees_the_image_unaugmented_and_evaluation_augments_nothing(
   student = linear_apply({'params': params}, {'image': IMAGES})['logits']
   _, evaluated = obj(linear_apply, params, {'image': IMAGES}, jax.random.PRNGKey(0), train=False)
   np.testing.assert_allclose(evaluated['soft_loss'], _kl(teacher, student), rtol=1e-5)
+
+
+class _BatchNormTeacher(nn.Module):
+  @nn.compact
+  def __call__(self, batch, train=False):
+    x = nn.BatchNorm(use_running_average=not train)(batch['image'].reshape(B, -1))
+    return {'logits': nn.Dense(K)(x)}
+
+
+def test_a_teacher_with_batch_norm_statistics_is_a_clear_error():
+  teacher = _BatchNormTeacher()
+  variables = teacher.init(jax.random.PRNGKey(0), {'image': IMAGES})
+  obj = objectives.classifier_distillation(make_apply_fn(teacher))
+  params = {'w': jnp.zeros((P, K)), 'teacher': variables['params']}
+  with pytest.raises(ConfigError, match='BatchNorm'):
+    obj(linear_apply, params, {'image': IMAGES}, jax.random.PRNGKey(0), train=True)
 
 
 def test_without_drops_features_of_every_kind_of_source():
