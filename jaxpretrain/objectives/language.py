@@ -6,7 +6,7 @@ weighted mean of a per-position loss, and distillation reuses the same task
 with a teacher's soft targets added.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
