@@ -16,6 +16,7 @@ import pathlib
 from jaxpretrain.config import import_file
 
 _HERE = pathlib.Path(__file__).parent
+common = import_file(_HERE / 'fashion_mnist_common.py')
 finetune = import_file(_HERE / 'fashion_mnist_finetune.py')
 
 
@@ -35,7 +36,7 @@ def get_config(variant=None):
   c.finetune.step = 'best'
   c.finetune.new_head = ''
   c.finetune.lr_multipliers = ()
-  if variant == 'tiny':
+  if common.is_tiny(variant):
     c.data.batch_size = 16
     c.train.epochs = 1
     c.optimizer.warmup_steps = 1

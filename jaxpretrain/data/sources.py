@@ -125,12 +125,14 @@ class _Without:
   def __len__(self) -> int:
     return len(self._source)
 
+  def _kept(self, example: Example) -> Example:
+    return {k: v for k, v in example.items() if k not in self._keys}
+
   def __getitem__(self, index: int) -> Example:
-    return {k: v for k, v in self._source[index].items() if k not in self._keys}
+    return self._kept(self._source[index])
 
   def __getitems__(self, indices: Sequence[int]) -> Sequence[Example]:
-    return [{k: v for k, v in e.items() if k not in self._keys}
-            for e in _get_many(self._source, list(indices))]
+    return [self._kept(e) for e in _get_many(self._source, list(indices))]
 
   def __repr__(self) -> str:
     return f'without({self._source!r}, {sorted(self._keys)})'
