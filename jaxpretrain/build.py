@@ -197,16 +197,18 @@ OBJECTIVES: dict[str, Callable[..., objectives.Objective]] = {
     'distillation': _distillation,
     'simclr': objectives.simclr,
     'masked_image_modeling': objectives.masked_image_modeling,
+    'fixmatch': objectives.fixmatch,
 }
 
 
 def _augments_itself(cfg: Config) -> bool:
   """Whether an objective makes its own views of each image: the run's augmentation is its.
 
-  SimCLR's two views; a classifier's distillation, whose teacher sees the image unaugmented.
+  SimCLR's two views; a classifier's distillation, whose teacher sees the image unaugmented;
+  FixMatch's weak view (its strong one is `objective.strong_augment`).
   """
-  return cfg.name == 'simclr' or (cfg.name == 'distillation'
-                                  and cfg.get('task') == 'classification')
+  return cfg.name in ('simclr', 'fixmatch') or (cfg.name == 'distillation'
+                                                and cfg.get('task') == 'classification')
 
 
 def token_kwargs(name: str, tokenizer: Any) -> dict[str, Any]:
@@ -268,11 +270,13 @@ def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any 
     num_classes: the classifier's classes, for mixing.
   """
   extra = {'teacher': teacher} if cfg.name == 'distillation' else {}
+  if 'strong_augment' in cfg:
+    extra['strong_augment'] = _augment(cfg.strong_augment) or augment_lib.compose()
   aug = _augment(augment_cfg)
   if _augments_itself(cfg):
-    extra['augment'] = aug or (lambda image, rng: image)
+    extra['augment'] = aug or augment_lib.compose()
     aug = None
-  obj = _pick(OBJECTIVES, cfg.name, 'objective')(**_kwargs(cfg), **extra,
+  obj = _pick(OBJECTIVES, cfg.name, 'objective')(**_kwargs(cfg, *extra), **extra,
                                                   **token_kwargs(cfg.name, tokenizer))
   if mix_cfg is not None and mix_cfg.get('name', 'none') != 'none':
     if cfg.name != 'classification' or not num_classes:

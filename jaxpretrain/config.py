@@ -119,8 +119,8 @@ def run_config() -> Config:
   c.seed = 0
   c.data = Config(dict(name='fashion_mnist', train_split='train', validation_split='',
                        labelled_per_class=0, validation_per_class=0, subset_seed=0,
-                       unlabelled=False, batch_size=256, eval_batch_size=500, data_dir='',
-                       in_memory=True))
+                       unlabelled=False, unlabelled_ratio=0, batch_size=256,
+                       eval_batch_size=500, data_dir='', in_memory=True))
   c.model = Config(dict(name='conv_classifier', num_classes=10, dropout=0.0,
                         encoder=dict(stages=((32, 32), (64, 64), (128, 128)), norm='batch',
                                      stem='none', downsample='max', pool='mean',

@@ -153,19 +153,30 @@ def run_splits(config: Config, tokenizer: Any = None
 
   With `data.unlabelled`, training reads every example of the training split
   but the held-out validation ones (`validation_per_class`), without labels.
+  With `data.unlabelled_ratio`, it reads those as well, labelled `UNLABELLED`,
+  beside the labelled subset repeated to about one labelled example in
+  `1 + unlabelled_ratio` (semi-supervised training).
   """
   cfg = config.data
+  _check_unlabelled(cfg)
   train = split_source(cfg, cfg.train_split, tokenizer)
   if cfg.get('labelled_per_class', 0):
     train_idx, val_idx = data_lib.labelled_subset(
         train, cfg.labelled_per_class, seed=cfg.get('subset_seed', 0),
         validation_per_class=cfg.get('validation_per_class', 0))
+    rest = data_lib.subset(train, np.setdiff1d(np.arange(len(train)), val_idx))
     if cfg.get('unlabelled'):
-      train_idx = np.setdiff1d(np.arange(len(train)), val_idx)
+      training = rest
+    elif cfg.get('unlabelled_ratio', 0):
+      repeats = max(1, round(len(rest) / (cfg.unlabelled_ratio * len(train_idx))))
+      training = data_lib.mixed(data_lib.subset(train, train_idx), rest,
+                                labelled_repeats=repeats)
+    else:
+      training = data_lib.subset(train, train_idx)
     if len(val_idx):
-      return _training(cfg, data_lib.subset(train, train_idx)), data_lib.subset(train, val_idx)
+      return _training(cfg, training), data_lib.subset(train, val_idx)
     # No labels held out of the subset: the validation split, if any, validates it.
-    train = data_lib.subset(train, train_idx)
+    train = training
   train = _training(cfg, train)
   if cfg.get('validation_split'):
     return train, split_source(cfg, cfg.validation_split, tokenizer)
@@ -177,6 +188,22 @@ def _training(cfg: Config, train: data_lib.Source) -> data_lib.Source:
   return data_lib.without(train, ('label',)) if cfg.get('unlabelled') else train
 
 
+def _check_unlabelled(cfg: Config) -> None:
+  """Unlabelled images come without labels or beside labelled ones, not both."""
+  ratio = cfg.get('unlabelled_ratio', 0)
+  if ratio < 0:
+    raise build.ConfigError(f'data.unlabelled_ratio={ratio} must be 0 (labelled images only) or '
+                            'the number of unlabelled images per labelled one, e.g. 7')
+  if ratio and cfg.get('unlabelled'):
+    raise build.ConfigError('data.unlabelled=True reads no label at all, and '
+                            f'data.unlabelled_ratio={ratio} mixes unlabelled images into '
+                            'labelled batches; set one of them')
+  if ratio and not cfg.get('labelled_per_class', 0):
+    raise build.ConfigError(f'data.unlabelled_ratio={ratio} mixes the labelled subset with the '
+                            'rest of the training split, but there is no labelled subset; set '
+                            'data.labelled_per_class')
+
+
 def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
   """A classifier's labels must be there (not `data.unlabelled`) and index its outputs.
 
@@ -184,9 +211,10 @@ def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
   Only sources held in memory are checked, since a lazy one would have to be
   decoded whole.
   """
-  if config.data.get('unlabelled') and config.objective.name == 'classification':
-    raise build.ConfigError('data.unlabelled=True drops the training labels the classification '
-                            "objective learns from; distil a teacher's predictions instead "
+  if config.data.get('unlabelled') and config.objective.name in ('classification', 'fixmatch'):
+    raise build.ConfigError('data.unlabelled=True drops the training labels the '
+                            f'{config.objective.name} objective learns from; distil a teacher\'s '
+                            "predictions instead "
                             "(objective.name='distillation', task='classification', as "
                             'configs/fashion_mnist_distil.py), or set data.unlabelled=False')
   classes = config.model.get('num_classes')

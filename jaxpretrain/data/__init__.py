@@ -20,5 +20,5 @@ from jaxpretrain.data.pipeline import (
     preprocess,
     train_loader,
 )
-from jaxpretrain.data.sources import (InMemory, Source, in_memory, labelled_subset, read_all,
-                                      read_batch, subset, without)
+from jaxpretrain.data.sources import (UNLABELLED, InMemory, Source, in_memory, labelled_subset,
+                                      mixed, read_all, read_batch, subset, without)

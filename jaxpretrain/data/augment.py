@@ -507,10 +507,17 @@ def standard(max_shift: int = 2, flip: bool = True) -> Augment:
 
 
 def crop_flip_jitter(scale: tuple[float, float] = (0.6, 1.0), brightness: float = 0.15,
-                     contrast: float = 0.4) -> Augment:
-  """Stronger augmentation for self-supervised pre-training: resized crop, flip, jitter."""
-  return compose(random_resized_crop(scale, flip_prob=0.5),
-                 brightness_contrast(brightness, contrast))
+                     contrast: float = 0.4, erase_prob: float = 0.0,
+                     erase_size: int = 10) -> Augment:
+  """Stronger augmentation: resized crop, flip, jitter and, with `erase_prob`, erasing.
+
+  For self-supervised pre-training, and as FixMatch's strong view with erasing
+  (the paper's Cutout).
+  """
+  parts = [random_resized_crop(scale, flip_prob=0.5), brightness_contrast(brightness, contrast)]
+  if erase_prob:
+    parts.append(random_erase(erase_prob, erase_size))
+  return compose(*parts)
 
 
 def simclr(scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),

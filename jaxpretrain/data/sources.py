@@ -145,6 +145,56 @@ def without(source: Source, keys: Sequence[str]) -> Source:
   return _Without(source, frozenset(keys))
 
 
+UNLABELLED = -1  # The label of an example whose label is not known (`mixed`).
+
+
+class _Mixed:
+  """Labelled examples, each repeated, then unlabelled ones labelled `UNLABELLED`."""
+
+  def __init__(self, labelled: Source, unlabelled: Source, repeats: int, key: str):
+    self._labelled, self._unlabelled = labelled, unlabelled
+    self._repeated = repeats * len(labelled)
+    self._key = key
+
+  def __len__(self) -> int:
+    return self._repeated + len(self._unlabelled)
+
+  def __getitem__(self, index: int) -> Example:
+    return self.__getitems__([index])[0]
+
+  def __getitems__(self, indices: Sequence[int]) -> Sequence[Example]:
+    n = len(self._labelled)
+    return [dict(self._labelled[i % n]) if i < self._repeated else
+            {**self._unlabelled[i - self._repeated], self._key: np.int64(UNLABELLED)}
+            for i in (int(i) for i in indices)]
+
+  def __repr__(self) -> str:
+    repeats = self._repeated // len(self._labelled)
+    return f'mixed({self._labelled!r} x{repeats}, {self._unlabelled!r})'
+
+
+def mixed(labelled: Source, unlabelled: Source, *, labelled_repeats: int = 1,
+          key: str = 'label') -> Source:
+  """One source of labelled and unlabelled examples, for semi-supervised training.
+
+  The labelled examples come `labelled_repeats` times each, so that shuffled
+  batches hold them in the proportion wanted; the unlabelled ones follow, their
+  `key` feature replaced by `UNLABELLED`.
+  """
+  if labelled_repeats < 1 or not len(labelled):
+    raise ValueError(f'a mixed source needs labelled examples at least once each, got '
+                     f'{len(labelled)} examples x {labelled_repeats}')
+  if isinstance(labelled, InMemory) and isinstance(unlabelled, InMemory):
+    arrays = {}
+    for k, v in labelled.arrays.items():
+      other = unlabelled.arrays[k]
+      if k == key:
+        v, other = v.astype(np.int64), np.full(len(other), UNLABELLED, np.int64)
+      arrays[k] = np.concatenate([np.concatenate([v] * labelled_repeats), other])
+    return InMemory(arrays)
+  return _Mixed(labelled, unlabelled, labelled_repeats, key)
+
+
 def read_all(source: Source) -> dict[str, np.ndarray]:
   """Every example of a (small) source, each feature stacked into one array."""
   return read_batch(source, range(len(source)))

@@ -12,3 +12,4 @@ from jaxpretrain.objectives.pretext import rotate90, rotation_prediction
 from jaxpretrain.objectives.contrastive import nt_xent, simclr
 from jaxpretrain.objectives.masked_image import masked_image_modeling, patchify, unpatchify
 from jaxpretrain.objectives.mixing import cutmix, mixup, with_mixing
+from jaxpretrain.objectives.semi_supervised import fixmatch
