@@ -1,5 +1,6 @@
 """FixMatch: labelled and unlabelled images in one batch, and the source that mixes them."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from jaxpretrain import cli, config, loop, objectives
 from jaxpretrain.data import UNLABELLED, InMemory, mixed, read_all
 from jaxpretrain.errors import ConfigError
+from jaxpretrain.models import make_apply_fn
 
 B, P, K = 8, 4, 3
 IMAGES = np.random.default_rng(0).normal(size=(B, 2, 2, 1)).astype(np.float32)
@@ -148,3 +150,23 @@ def test_a_tiny_fixmatch_run_trains_and_validates(tmp_path):
   assert train and val and 'unlabelled_loss' not in val[-1]
   assert all(0 <= r['confident'] <= 1 and np.isfinite(r['loss']) for r in train)
   assert 0 <= val[-1]['accuracy'] <= 1 and np.isfinite(val[-1]['loss'])
+
+
+class _BatchNormClassifier(nn.Module):
+  @nn.compact
+  def __call__(self, batch, train=False):
+    x = batch['image'].reshape(len(batch['image']), -1)
+    return {'logits': nn.Dense(K)(nn.BatchNorm(use_running_average=not train)(x))}
+
+
+def test_batch_statistics_come_from_the_training_pass_alone():
+  model = _BatchNormClassifier()
+  variables = model.init(jax.random.PRNGKey(0), {'image': IMAGES})
+  apply_fn = make_apply_fn(model)
+  blank = objectives.fixmatch(augment=KEEP, strong_augment=BLANK, threshold=0.0)
+  _, metrics = blank(apply_fn, variables['params'], {'image': IMAGES, 'label': LABELS},
+                     jax.random.PRNGKey(0), model_state={'batch_stats': variables['batch_stats']})
+  # The pass that learns sees the labelled images and blank strong views: its batch mean.
+  seen = np.where(LABELLED[:, None], IMAGES.reshape(B, -1), 0.0)
+  np.testing.assert_allclose(metrics['model_state']['batch_stats']['BatchNorm_0']['mean'],
+                             0.01 * seen.mean(0), rtol=1e-5, atol=1e-7)
