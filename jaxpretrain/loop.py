@@ -204,6 +204,16 @@ def _check_unlabelled(cfg: Config) -> None:
                             'data.labelled_per_class')
 
 
+# What to do instead of `data.unlabelled`, for the objectives that learn from labels.
+_INSTEAD_OF_NO_LABELS = {
+    'classification': "distil a teacher's predictions instead (objective.name='distillation', "
+                      "task='classification', as configs/fashion_mnist_distil.py), or set "
+                      'data.unlabelled=False',
+    'fixmatch': 'set data.unlabelled=False and data.unlabelled_ratio (e.g. 7) to mix unlabelled '
+                'images into the labelled batches, as configs/fashion_mnist_fixmatch.py',
+}
+
+
 def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
   """A classifier's labels must be there (not `data.unlabelled`) and index its outputs.
 
@@ -211,12 +221,10 @@ def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
   Only sources held in memory are checked, since a lazy one would have to be
   decoded whole.
   """
-  if config.data.get('unlabelled') and config.objective.name in ('classification', 'fixmatch'):
-    raise build.ConfigError('data.unlabelled=True drops the training labels the '
-                            f'{config.objective.name} objective learns from; distil a teacher\'s '
-                            "predictions instead "
-                            "(objective.name='distillation', task='classification', as "
-                            'configs/fashion_mnist_distil.py), or set data.unlabelled=False')
+  if config.data.get('unlabelled') and config.objective.name in _INSTEAD_OF_NO_LABELS:
+    raise build.ConfigError(f'data.unlabelled=True drops the training labels the '
+                            f'{config.objective.name} objective learns from; '
+                            f'{_INSTEAD_OF_NO_LABELS[config.objective.name]}')
   classes = config.model.get('num_classes')
   if config.objective.name != 'classification' or not classes:
     return

@@ -4,18 +4,14 @@ An unlabelled example carries the label `UNLABELLED` (-1), so one batch mixes
 both kinds in any proportion (`data.mixed`; `data.unlabelled_ratio` in a run config).
 """
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxpretrain.data.augment import Augment
 from jaxpretrain.data.sources import UNLABELLED
 from jaxpretrain.objectives.common import (Objective, augment_images, call_model, example_weights,
                                            mean_over, top1_hits)
-
-Augment = Callable[[jax.Array, jax.Array], jax.Array]
-
 
 def fixmatch(*, augment: Augment, strong_augment: Augment, threshold: float = 0.95,
              unlabelled_weight: float = 1.0, label_key: str = 'label',
