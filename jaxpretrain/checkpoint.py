@@ -20,11 +20,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from jaxpretrain import ema
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.errors import CheckpointMismatchError
 
 VERSION = '0.1.0'
 StepSpec = int | str | None
+# Where a train state keeps the average of its trainable parameters (`jaxpretrain.ema`).
+_AVERAGE = f'extra/{ema.KEY}'
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -229,37 +232,50 @@ def open_checkpoints(path: str | os.PathLike) -> Checkpointer:
 
 def _restore_parts(path: str | os.PathLike, parts: tuple[str, ...], step: StepSpec
                    ) -> dict[str, Any]:
-  """The named top-level fields of a checkpoint's train state (those it has), as numpy."""
+  """The named subtrees of a checkpoint's train state (those it has), as numpy.
+
+  A part is a path into the state, e.g. 'params' or 'extra/ema'; the result maps
+  each part found to its subtree.
+  """
   reader = open_checkpoints(path)
   try:
     step = reader.resolve(step)
     meta = jax.tree_util.tree_flatten_with_path(reader._manager.item_metadata(step)['state'])[0]
     flat = {tree_lib.key_path_str(p): m for p, m in meta}
-    wanted = {}
-    for part in parts:
-      sub = {p[len(part) + 1:]: jax.ShapeDtypeStruct(m.shape, m.dtype)
-             for p, m in flat.items() if p.startswith(part + '/')}
-      if sub:
-        wanted[part] = tree_lib.unflatten(sub)
-    if not wanted:
+    found = {p: jax.ShapeDtypeStruct(m.shape, m.dtype) for p, m in flat.items()
+             if any(p.startswith(part + '/') for part in parts)}
+    if not found:
       return {}
+    wanted = tree_lib.unflatten(found)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-    return reader._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=wanted, restore_args=restore_args, partial_restore=True)))['state']
+    restored = tree_lib.flatten(reader._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args,
+                                     partial_restore=True)))['state'])
   finally:
     reader.close()
+  result = {}
+  for part in parts:
+    sub = {p[len(part) + 1:]: v for p, v in restored.items() if p.startswith(part + '/')}
+    if sub:
+      result[part] = tree_lib.unflatten(sub)
+  return result
 
 
 def restore_params(path: str | os.PathLike, *, step: StepSpec = None) -> dict[str, Any]:
   """Loads only the parameters (trainable and frozen, merged) of a checkpoint.
 
-  Optimizer state and everything else stay on disk.
+  Optimizer state and everything else stay on disk. A run that kept an average
+  of its parameters (`train.ema_decay`, `jaxpretrain.ema`) gives the average.
 
   Args:
     path: a work directory or its `checkpoints/` folder.
     step: an int, 'latest' (default) or 'best'.
   """
-  return tree_lib.merge(*_restore_parts(path, ('params', 'frozen'), step).values())
+  parts = _restore_parts(path, ('params', 'frozen', _AVERAGE), step)
+  trainable = parts.pop(_AVERAGE, None)
+  if trainable is not None:
+    parts['params'] = trainable
+  return tree_lib.merge(*parts.values())
 
 
 def restore_model_state(path: str | os.PathLike, *, step: StepSpec = None) -> dict[str, Any]:

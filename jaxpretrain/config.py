@@ -132,7 +132,7 @@ def run_config() -> Config:
   c.optimizer = Config(dict(name='adamw', lr=1e-3, weight_decay=1e-4, schedule='cosine',
                             warmup_steps=0))
   c.train = Config(dict(epochs=1, steps=0, eval_every_steps=0, log_every=50, grad_accum=1,
-                        clip=0.0))
+                        clip=0.0, ema_decay=0.0))
   c.checkpoint = Config(dict(save_every=0, keep_last=1, keep_best=0, best_metric='',
                              best_mode='max'))
   c.finetune = Config(dict(

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxpretrain import build, checkpoint, parallel
+from jaxpretrain import build, checkpoint, ema, parallel
 from jaxpretrain import data as data_lib
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.data import text_runs
@@ -86,17 +86,18 @@ def _predict(state: TrainState, batch: dict) -> tuple[dict[str, Any], dict]:
 
 
 def make_engine(mode: str, objective: Objective, eval_objective: Objective, state: TrainState,
-                grad_accum: int, clip: float | None) -> Engine:
+                **step_options: Any) -> Engine:
   """The jitted train, eval and predict steps of `parallel.mode` ('mesh', 'pmap' or 'single').
 
-  `state` fixes the shardings; `grad_accum` and `clip` configure the train step.
+  `state` fixes the shardings; `step_options` (`grad_accum`, `clip`, `ema_decay`)
+  configure the train step (`step.make_train_step`).
   """
   if mode == 'mesh':
     mesh = parallel.make_mesh()
     return Engine(
         place_state=lambda s: parallel.place_state(s, mesh), host_state=lambda s: s,
         place_batch=lambda b: parallel.shard_batch(b, mesh),
-        train_step=parallel.jit(make_train_step(objective, grad_accum=grad_accum, clip=clip),
+        train_step=parallel.jit(make_train_step(objective, **step_options),
                                 mesh, state),
         eval_step=parallel.jit(make_eval_step(eval_objective), mesh, state, donate=False),
         unbatch_metrics=lambda m: m,
@@ -107,8 +108,7 @@ def make_engine(mode: str, objective: Objective, eval_objective: Objective, stat
     return Engine(
         place_state=parallel.replicate, host_state=parallel.unreplicate,
         place_batch=parallel.split_for_pmap,
-        train_step=parallel.pmap(make_train_step(objective, grad_accum=grad_accum, clip=clip,
-                                                 axis_name=axis)),
+        train_step=parallel.pmap(make_train_step(objective, **step_options, axis_name=axis)),
         eval_step=parallel.pmap(make_eval_step(eval_objective, axis_name=axis), donate=False),
         unbatch_metrics=parallel.unreplicate,
         predict=lambda s, b: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), predict(s, b)))
@@ -116,7 +116,7 @@ def make_engine(mode: str, objective: Objective, eval_objective: Objective, stat
     return Engine(
         place_state=lambda s: jax.tree.map(jax.numpy.copy, s), host_state=lambda s: s,
         place_batch=lambda b: b,
-        train_step=jax.jit(make_train_step(objective, grad_accum=grad_accum, clip=clip),
+        train_step=jax.jit(make_train_step(objective, **step_options),
                            donate_argnums=0),
         eval_step=jax.jit(make_eval_step(eval_objective)), unbatch_metrics=lambda m: m,
         predict=jax.jit(_predict))
@@ -269,16 +269,28 @@ def initial_state(config: Config, ft_cfg: Config | None, total_steps: int,
                   example: dict) -> TrainState:
   """The run's model, fine-tuning chain and optimizer, as a train state at step 0.
 
-  Under `parallel.mode='pmap'` its BatchNorm layers average over all devices.
+  Under `parallel.mode='pmap'` its BatchNorm layers average over all devices. With
+  `train.ema_decay` it keeps an average of its parameters for evaluation (`ema`).
   """
   schedule = build.learning_rate(config.optimizer, total_steps)
   build.check_position_encoding(config.model, (ft_cfg or {}).get('pretrained', ''))
   model = build.model(config.model)
   if config.parallel.get('mode') == 'pmap':
     model = sync_batch_norm(model, parallel.PMAP_AXIS)
-  return create_state(model, build.transform(ft_cfg, schedule),
-                      tx=build.optimizer(config.optimizer, total_steps),
-                      rng=jax.random.PRNGKey(config.seed), example_batch=example)
+  state = create_state(model, build.transform(ft_cfg, schedule),
+                       tx=build.optimizer(config.optimizer, total_steps),
+                       rng=jax.random.PRNGKey(config.seed), example_batch=example)
+  return ema.init(state) if ema_decay(config) else state
+
+
+def ema_decay(config: Config) -> float:
+  """The run's `train.ema_decay` (0: no average of the parameters), checked."""
+  decay = config.train.get('ema_decay', 0.0)
+  try:
+    ema.check_decay(decay)
+  except ValueError as e:
+    raise build.ConfigError(f'train.ema_decay: {e}') from None
+  return decay
 
 
 def _checkpointer(config: Config, workdir: pathlib.Path, kind: str, *,
@@ -332,6 +344,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   config, tokenizer = with_tokenizer(config, workdir)
   train_src, val_src = run_splits(config, tokenizer)
   _check_labels(config, train_src, val_src)
+  decay = ema_decay(config)
   cfg_t = config.train
   batch_size = config.data.batch_size
   steps_per_epoch = len(train_src) // batch_size
@@ -362,7 +375,8 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
     loader.set_state(data_state)
     logging.info('resuming %s from step %d', workdir, int(state.step))
   engine = make_engine(config.parallel.mode, objective, eval_objective, state,
-                   cfg_t.get('grad_accum', 1), cfg_t.get('clip') or None)
+                       grad_accum=cfg_t.get('grad_accum', 1), clip=cfg_t.get('clip') or None,
+                       ema_decay=decay)
   placed = engine.place_state(state)
   log = MetricsLog(workdir)
   step = int(state.step)
@@ -504,7 +518,7 @@ def evaluate_splits(config: Config, workdir: str | pathlib.Path, splits: Sequenc
   state = initial_state(config, ft_cfg, 1, example)
   with checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints', read_only=True) as ckpt:
     state, _ = ckpt.restore(state, step=step)
-  engine = make_engine(config.parallel.mode, objective, objective, state, 1, None)
+  engine = make_engine(config.parallel.mode, objective, objective, state)
   placed = engine.place_state(state)
   results = {}
   for split, source in sources.items():

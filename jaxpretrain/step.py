@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxpretrain import ema as ema_lib
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.objectives.common import Batch, Metrics, Objective, example_weights
 from jaxpretrain.state import TrainState
@@ -27,7 +28,7 @@ def _split_microbatches(batch: Batch, n: int) -> Batch:
 
 
 def make_train_step(objective: Objective, *, grad_accum: int = 1, clip: float | None = None,
-                    axis_name: str | None = None) -> Step:
+                    ema_decay: float = 0.0, axis_name: str | None = None) -> Step:
   """Builds a pure `(state, batch) -> (state, metrics)` training step.
 
   Gradients are taken only with respect to `state.params`; `state.frozen` is
@@ -39,6 +40,8 @@ def make_train_step(objective: Objective, *, grad_accum: int = 1, clip: float | 
     grad_accum: number of equal micro-batches the batch is split into; their
       gradients are averaged before one update.
     clip: if set, gradients are scaled down to at most this global norm.
+    ema_decay: if set, each update also moves the state's average of the
+      parameters (`jaxpretrain.ema`, started with `ema.init`) by this decay.
     axis_name: the mapped axis to average gradients over when the step runs
       under `jax.pmap` (see `jaxpretrain.parallel.pmap`); None otherwise.
 
@@ -87,6 +90,8 @@ def make_train_step(objective: Objective, *, grad_accum: int = 1, clip: float | 
       scale = jnp.minimum(1.0, clip / jnp.maximum(grad_norm, 1e-12))
       grads = jax.tree.map(lambda g: g * scale, grads)
     new_state = state.apply_gradients(grads, rng=rng, model_state=model_state)
+    if ema_decay:
+      new_state = ema_lib.update(new_state, ema_decay, state.step)
     return new_state, {**metrics, 'grad_norm': grad_norm}
 
   step.axis_name = axis_name
@@ -99,10 +104,12 @@ def make_eval_step(objective: Objective, *, axis_name: str | None = None
 
   The objective runs with `train=False`. The metrics are means over the real
   examples of the batch, plus `weight`, the number of real examples, so that
-  `jaxpretrain.metrics.MeanAccumulator` combines batches exactly.
+  `jaxpretrain.metrics.MeanAccumulator` combines batches exactly. A state that
+  keeps an average of its parameters (`jaxpretrain.ema`) is scored with it.
   """
 
   def eval_step(state: TrainState, batch: Batch) -> Metrics:
+    state = ema_lib.averaged(state)
     loss, metrics = objective(state.apply_fn, state.all_params(), batch, state.rng,
                               model_state=state.model_state, train=False)
     metrics = {k: v for k, v in metrics.items() if k != 'model_state'}
@@ -120,5 +127,6 @@ def make_eval_step(objective: Objective, *, axis_name: str | None = None
 
 
 def apply_model(state: TrainState, batch: Batch) -> dict[str, Any]:
-  """The model's outputs for a batch in inference mode."""
+  """The model's outputs for a batch in inference mode (with averaged parameters if kept)."""
+  state = ema_lib.averaged(state)
   return state.apply_fn(state.variables(), batch, train=False)

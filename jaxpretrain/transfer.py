@@ -189,7 +189,7 @@ def cached_features(config: Config, workdir: str | pathlib.Path, *, split: str =
     return {role: SplitFeatures(np.load(cache / f'{role}_features.npy'),
                                 np.load(cache / f'{role}_labels.npy')) for role in _ROLES}
   objective = build.objective(config.objective, tokenizer=tokenizer)
-  engine = loop.make_engine(config.parallel.mode, objective, objective, state, 1, None)
+  engine = loop.make_engine(config.parallel.mode, objective, objective, state)
   placed = engine.place_state(state)
   label_key = config.objective.get('label_key', 'label')
   out = {role: _extract(engine, placed, source, batch_size=batch_size, label_key=label_key,

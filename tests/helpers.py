@@ -56,24 +56,25 @@ def to_numpy(tree):
 
 # The same training run on one device, jit over a mesh of all devices, and pmap.
 
-def run_single(state, batches, objective=None):
-  step = jax.jit(make_train_step(objective or classification()))
+def run_single(state, batches, objective=None, **options):
+  step = jax.jit(make_train_step(objective or classification(), **options))
   for b in batches:
     state, metrics = step(state, b)
   return state, metrics
 
 
-def run_mesh(state, batches, objective=None):
+def run_mesh(state, batches, objective=None, **options):
   mesh = parallel.make_mesh()
-  step = parallel.jit(make_train_step(objective or classification()), mesh, state)
+  step = parallel.jit(make_train_step(objective or classification(), **options), mesh, state)
   state = parallel.place_state(state, mesh)
   for b in batches:
     state, metrics = step(state, parallel.shard_batch(b, mesh))
   return state, metrics
 
 
-def run_pmap(state, batches, objective=None):
-  step = parallel.pmap(make_train_step(objective or classification(), axis_name='batch'))
+def run_pmap(state, batches, objective=None, **options):
+  step = parallel.pmap(make_train_step(objective or classification(), **options,
+                                       axis_name='batch'))
   state = parallel.replicate(state)
   for b in batches:
     state, metrics = step(state, parallel.split_for_pmap(b))
