@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Mapping
 import dataclasses
+import inspect
 import pathlib
 from typing import Any
 
@@ -36,6 +37,24 @@ def _kwargs(section: Config, *skip: str) -> dict[str, Any]:
   return {k: v for k, v in section.to_dict().items() if k not in ('name', *skip)}
 
 
+def _call(factory: Callable, section: str, kwargs: Mapping[str, Any], **given: Any) -> Any:
+  """`factory(**kwargs, **given)`; a key of `kwargs` it does not take is a ConfigError.
+
+  `section` is where the keys come from in the run config, e.g. 'objective'.
+  """
+  params = inspect.signature(factory).parameters
+  if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+      valid = sorted(k for k, p in params.items()
+                     if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                     and k not in given and k not in ('parent', 'name'))
+      raise ConfigError(f'unknown config key {", ".join(f"{section}.{k}" for k in unknown)} '
+                        f'for {getattr(factory, "__name__", section)}; valid keys: '
+                        f'{", ".join(valid) or "none"}')
+  return factory(**kwargs, **given)
+
+
 # Image encoders by `model.encoder.name`; the families with presets take `preset` and
 # any of their fields as overrides, e.g. dict(name='resnet', preset='resnet18', stem='small').
 _PRESET_ENCODERS: dict[str, Callable[..., nn.Module]] = {
@@ -50,7 +69,7 @@ def _encoder(cfg: Config) -> nn.Module:
   fields = cfg.to_dict()
   name = fields.pop('name', 'conv')
   if name == 'conv':
-    return ConvEncoder(**fields)
+    return _call(ConvEncoder, 'model.encoder', fields)
   family = _pick(_PRESET_ENCODERS, name, 'encoder')
   if 'preset' not in fields:
     raise ConfigError(f'the {name} encoder needs a preset: set model.encoder.preset to one of '
@@ -79,8 +98,8 @@ _DECODERS: dict[str, Callable[..., nn.Module]] = {
 def _autoencoder(cfg: Config) -> nn.Module:
   """An image encoder and a decoder of its `feature_map` (`decoder.name`, 'conv' by default)."""
   fields = cfg.decoder.to_dict()
-  return Autoencoder(_encoder(cfg.encoder),
-                     _pick(_DECODERS, fields.pop('name', 'conv'), 'decoder')(**fields))
+  decoder = _pick(_DECODERS, fields.pop('name', 'conv'), 'decoder')
+  return Autoencoder(_encoder(cfg.encoder), _call(decoder, 'model.decoder', fields))
 
 
 MODELS: dict[str, Callable[[Config], nn.Module]] = {
@@ -247,10 +266,10 @@ def model(cfg: Config) -> nn.Module:
   return _pick(MODELS, cfg.name, 'model')(cfg)
 
 
-def _augment(cfg: Config | None) -> augment_lib.Augment | None:
+def _augment(cfg: Config | None, section: str = 'augment') -> augment_lib.Augment | None:
   if cfg is None or cfg.get('name', 'none') == 'none':
     return None
-  return _pick(AUGMENTS, cfg.name, 'augmentation')(**_kwargs(cfg))
+  return _call(_pick(AUGMENTS, cfg.name, 'augmentation'), section, _kwargs(cfg))
 
 
 def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any = None,
@@ -271,13 +290,14 @@ def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any 
   """
   extra = {'teacher': teacher} if cfg.name == 'distillation' else {}
   if 'strong_augment' in cfg:
-    extra['strong_augment'] = _augment(cfg.strong_augment) or augment_lib.compose()
+    extra['strong_augment'] = (_augment(cfg.strong_augment, 'objective.strong_augment')
+                               or augment_lib.compose())
   aug = _augment(augment_cfg)
   if _augments_itself(cfg):
     extra['augment'] = aug or augment_lib.compose()
     aug = None
-  obj = _pick(OBJECTIVES, cfg.name, 'objective')(**_kwargs(cfg, *extra), **extra,
-                                                  **token_kwargs(cfg.name, tokenizer))
+  obj = _call(_pick(OBJECTIVES, cfg.name, 'objective'), 'objective', _kwargs(cfg, *extra),
+              **extra, **token_kwargs(cfg.name, tokenizer))
   if mix_cfg is not None and mix_cfg.get('name', 'none') != 'none':
     if cfg.name != 'classification' or not num_classes:
       raise ConfigError(f'mix {mix_cfg.name!r} blends the targets of a classifier: it needs '

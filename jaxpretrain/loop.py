@@ -345,6 +345,13 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   train_src, val_src = run_splits(config, tokenizer)
   _check_labels(config, train_src, val_src)
   decay = ema_decay(config)
+  objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer,
+                              teacher=_teacher(config), mix_cfg=config.get('mix'),
+                              num_classes=config.model.get('num_classes'))
+  # Augmentation and mixing act in training only; SimCLR's evaluation views need it too.
+  eval_objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer,
+                                   teacher=_teacher(config))
+  build.model(config.model)  # A bad model section fails here, before the checkpoints exist.
   cfg_t = config.train
   batch_size = config.data.batch_size
   steps_per_epoch = len(train_src) // batch_size
@@ -359,12 +366,6 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   ft_cfg = _without_pretrained(config) if resuming else config.get('finetune')
   loader = data_lib.train_loader(train_src, batch_size=batch_size, seed=config.seed)
   example = data_lib.load_split(data_lib.subset(train_src, np.arange(batch_size)))
-  objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer,
-                              teacher=_teacher(config), mix_cfg=config.get('mix'),
-                              num_classes=config.model.get('num_classes'))
-  # Augmentation and mixing act in training only; SimCLR's evaluation views need it too.
-  eval_objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer,
-                                   teacher=_teacher(config))
   state = initial_state(config, ft_cfg, total, example)
   counts = {'trainable_params': tree_lib.size(state.params),
             'frozen_params': tree_lib.size(state.frozen)}

@@ -173,3 +173,21 @@ def test_recipe_writes_report_with_both_accuracies(tmp_path):
   assert chain[0]['source'].endswith('probe') and chain[0]['select'] == '.*'
   assert 'linear probe' in written
   assert checkpoint.read_manifest(tmp_path / 'scratch/lr=0.001')['finetune'] == []
+
+
+@pytest.mark.parametrize('section, bad, message', [
+    ('c.objective', "dict(name='classification', label_smothing=0.1)",
+     r'objective.label_smothing for classification; valid keys: .*label_smoothing'),
+    ('c.augment', "dict(name='standard', max_shfit=1)",
+     r'augment.max_shfit for standard; valid keys: flip, max_shift'),
+    ('c.model.encoder', "dict(stages=((4,),), widths=(4,))",
+     r'model.encoder.widths for ConvEncoder; valid keys: .*stages'),
+])
+def test_a_key_no_builder_takes_in_a_config_file_is_named_before_anything_is_written(
+    tmp_path, section, bad, message):
+  spec = tmp_path / 'typo.py'
+  spec.write_text('from jaxpretrain.config import load\n\n\ndef get_config(variant=None):\n'
+                  f"  c = load('{FINETUNE}')\n  c.unlock()\n  {section} = {bad}\n  return c\n")
+  with pytest.raises(ConfigError, match='unknown config key ' + message):
+    loop.train(config_lib.load(str(spec)), tmp_path / 'run', kind='finetune', progress=False)
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
