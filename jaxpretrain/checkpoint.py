@@ -26,8 +26,6 @@ from jaxpretrain.errors import CheckpointMismatchError
 
 VERSION = '0.1.0'
 StepSpec = int | str | None
-# Where a train state keeps the average of its trainable parameters (`jaxpretrain.ema`).
-_AVERAGE = f'extra/{ema.KEY}'
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -175,6 +173,11 @@ class Checkpointer:
     return self._manager.restore(step, args=ocp.args.Composite(
         manifest=ocp.args.JsonRestore()))['manifest']
 
+  def has(self, path: str, step: StepSpec = None) -> bool:
+    """Whether a checkpoint's train state holds anything at `path`, e.g. 'extra/ema'."""
+    saved = _shapes(self._manager.item_metadata(self.resolve(step))['state'])
+    return any(p == path or p.startswith(path + '/') for p in saved)
+
   def restore(self, target: Any, *, step: StepSpec = None) -> tuple[Any, Any]:
     """Restores the state into `target`'s structure, shardings and types.
 
@@ -271,8 +274,8 @@ def restore_params(path: str | os.PathLike, *, step: StepSpec = None) -> dict[st
     path: a work directory or its `checkpoints/` folder.
     step: an int, 'latest' (default) or 'best'.
   """
-  parts = _restore_parts(path, ('params', 'frozen', _AVERAGE), step)
-  trainable = parts.pop(_AVERAGE, None)
+  parts = _restore_parts(path, ('params', 'frozen', ema.PATH), step)
+  trainable = parts.pop(ema.PATH, None)
   if trainable is not None:
     parts['params'] = trainable
   return tree_lib.merge(*parts.values())

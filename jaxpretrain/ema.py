@@ -13,6 +13,8 @@ import jax.numpy as jnp
 from jaxpretrain.state import TrainState
 
 KEY = 'ema'
+# Where the average sits in a saved train state.
+PATH = f'extra/{KEY}'
 
 
 def check_decay(decay: float) -> None:

@@ -518,7 +518,11 @@ def evaluate_splits(config: Config, workdir: str | pathlib.Path, splits: Sequenc
                                                 tokenizer=tokenizer, teacher=_teacher(config)))
   state = initial_state(config, ft_cfg, 1, example)
   with checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints', read_only=True) as ckpt:
-    state, _ = ckpt.restore(state, step=step)
+    # Without train.ema_decay, a run that kept an average is scored on its raw parameters.
+    raw = ema.KEY not in state.extra and ckpt.has(ema.PATH, step)
+    state, _ = ckpt.restore(ema.init(state) if raw else state, step=step)
+  if raw:
+    state = state.replace(extra={k: v for k, v in state.extra.items() if k != ema.KEY})
   engine = make_engine(config.parallel.mode, objective, objective, state)
   placed = engine.place_state(state)
   results = {}
