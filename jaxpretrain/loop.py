@@ -293,6 +293,17 @@ def ema_decay(config: Config) -> float:
   return decay
 
 
+def _check_average_kept(ckpt: checkpoint.Checkpointer, decay: float) -> None:
+  """Refuses to resume a run with or without an average of its weights unlike it was saved."""
+  kept = ckpt.has(ema.PATH)
+  if kept != bool(decay):
+    raise build.ConfigError(
+        f'the checkpoints in {ckpt.directory} were saved {"with" if kept else "without"} an '
+        f'average of the weights, and this config sets train.ema_decay={decay}: resume with '
+        f'{"the train.ema_decay it was trained with" if kept else "train.ema_decay=0"}, or '
+        'train in a new work directory. Nothing was changed on disk.')
+
+
 def _checkpointer(config: Config, workdir: pathlib.Path, kind: str, *,
                   save_every: int) -> checkpoint.Checkpointer:
   cfg = config.checkpoint
@@ -362,6 +373,8 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   eval_every = cfg_t.get('eval_every_steps', 0) or steps_per_epoch
   ckpt = _checkpointer(config, workdir, kind, save_every=eval_every)
   resuming = ckpt.latest_step() is not None
+  if resuming:
+    _check_average_kept(ckpt, decay)
   # When resuming, the run's own checkpoint replaces any pre-trained weights.
   ft_cfg = _without_pretrained(config) if resuming else config.get('finetune')
   loader = data_lib.train_loader(train_src, batch_size=batch_size, seed=config.seed)

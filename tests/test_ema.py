@@ -99,3 +99,17 @@ def test_a_run_keeping_an_average_resumes_exactly_and_exports_and_scores_the_ave
     np.testing.assert_allclose(
         loop.evaluate(cfg, workdir, split='test[:40]', step='latest')['loss'],
         optax.softmax_cross_entropy_with_integer_labels(logits, test['label']).mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize('saved, resumed', [(0.9, 0.0), (0.0, 0.9)])
+def test_resuming_with_or_without_an_average_unlike_the_checkpoints_is_refused(
+    tmp_path, saved, resumed):
+  config = config_lib.override(config_lib.load(FINETUNE), ['train.epochs=1'])
+  loop.train(config_lib.override(config, [f'train.ema_decay={saved}']), tmp_path,
+             kind='finetune', progress=False)
+  before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+  more = config_lib.override(config, [f'train.ema_decay={resumed}', 'train.epochs=2'])
+  with pytest.raises(ConfigError, match=r'saved with(out)? an average of the weights.*'
+                                        r'Nothing was changed on disk'):
+    loop.train(more, tmp_path, kind='finetune', progress=False)
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
