@@ -173,10 +173,14 @@ class Checkpointer:
     return self._manager.restore(step, args=ocp.args.Composite(
         manifest=ocp.args.JsonRestore()))['manifest']
 
+  def saved_arrays(self, step: StepSpec = None) -> dict[str, Any]:
+    """A checkpoint's train state as array metadata (shape, dtype) by '/'-joined path."""
+    meta = self._manager.item_metadata(self.resolve(step))['state']
+    return {tree_lib.key_path_str(p): m for p, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
+
   def has(self, path: str, step: StepSpec = None) -> bool:
     """Whether a checkpoint's train state holds anything at `path`, e.g. 'extra/ema'."""
-    saved = _shapes(self._manager.item_metadata(self.resolve(step))['state'])
-    return any(p == path or p.startswith(path + '/') for p in saved)
+    return any(p == path or p.startswith(path + '/') for p in self.saved_arrays(step))
 
   def restore(self, target: Any, *, step: StepSpec = None) -> tuple[Any, Any]:
     """Restores the state into `target`'s structure, shardings and types.
@@ -233,29 +237,21 @@ def open_checkpoints(path: str | os.PathLike) -> Checkpointer:
   return Checkpointer(directory, read_only=True)
 
 
-def _restore_parts(path: str | os.PathLike, parts: tuple[str, ...], step: StepSpec
-                   ) -> dict[str, Any]:
+def _restore_parts(reader: Checkpointer, parts: tuple[str, ...], step: int) -> dict[str, Any]:
   """The named subtrees of a checkpoint's train state (those it has), as numpy.
 
   A part is a path into the state, e.g. 'params' or 'extra/ema'; the result maps
   each part found to its subtree.
   """
-  reader = open_checkpoints(path)
-  try:
-    step = reader.resolve(step)
-    meta = jax.tree_util.tree_flatten_with_path(reader._manager.item_metadata(step)['state'])[0]
-    flat = {tree_lib.key_path_str(p): m for p, m in meta}
-    found = {p: jax.ShapeDtypeStruct(m.shape, m.dtype) for p, m in flat.items()
-             if any(p.startswith(part + '/') for part in parts)}
-    if not found:
-      return {}
-    wanted = tree_lib.unflatten(found)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-    restored = tree_lib.flatten(reader._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args,
-                                     partial_restore=True)))['state'])
-  finally:
-    reader.close()
+  found = {p: jax.ShapeDtypeStruct(m.shape, m.dtype) for p, m in reader.saved_arrays(step).items()
+           if any(p.startswith(part + '/') for part in parts)}
+  if not found:
+    return {}
+  wanted = tree_lib.unflatten(found)
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  restored = tree_lib.flatten(reader._manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args,
+                                   partial_restore=True)))['state'])
   result = {}
   for part in parts:
     sub = {p[len(part) + 1:]: v for p, v in restored.items() if p.startswith(part + '/')}
@@ -268,17 +264,17 @@ def restore_params(path: str | os.PathLike, *, step: StepSpec = None) -> dict[st
   """Loads only the parameters (trainable and frozen, merged) of a checkpoint.
 
   Optimizer state and everything else stay on disk. A run that kept an average
-  of its parameters (`train.ema_decay`, `jaxpretrain.ema`) gives the average.
+  of its parameters (`train.ema_decay`, `jaxpretrain.ema`) gives the average, and
+  its raw trainable parameters stay on disk too.
 
   Args:
     path: a work directory or its `checkpoints/` folder.
     step: an int, 'latest' (default) or 'best'.
   """
-  parts = _restore_parts(path, ('params', 'frozen', ema.PATH), step)
-  trainable = parts.pop(ema.PATH, None)
-  if trainable is not None:
-    parts['params'] = trainable
-  return tree_lib.merge(*parts.values())
+  with open_checkpoints(path) as reader:
+    step = reader.resolve(step)
+    trainable = ema.PATH if reader.has(ema.PATH, step) else 'params'
+    return tree_lib.merge(*_restore_parts(reader, (trainable, 'frozen'), step).values())
 
 
 def restore_model_state(path: str | os.PathLike, *, step: StepSpec = None) -> dict[str, Any]:
@@ -290,7 +286,8 @@ def restore_model_state(path: str | os.PathLike, *, step: StepSpec = None) -> di
     path: a work directory or its `checkpoints/` folder.
     step: an int, 'latest' (default) or 'best'.
   """
-  return _restore_parts(path, ('model_state',), step).get('model_state', {})
+  with open_checkpoints(path) as reader:
+    return _restore_parts(reader, ('model_state',), reader.resolve(step)).get('model_state', {})
 
 
 def read_manifest(path: str | os.PathLike, step: StepSpec = None) -> dict[str, Any]:

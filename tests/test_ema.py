@@ -77,13 +77,13 @@ def test_a_run_keeping_an_average_resumes_exactly_and_exports_and_scores_the_ave
                                ['train.ema_decay=0.9', 'checkpoint.keep_last=2'])
   workdir = tmp_path / 'run'
   loop.train(config, workdir, kind='finetune', progress=False)
-  reader = checkpoint.open_checkpoints(workdir)
-  first, last = reader.all_steps()[-2:]
-  reader.close()
-  final = checkpoint._restore_parts(workdir, ('params', 'extra'), last)
+  with checkpoint.open_checkpoints(workdir) as reader:
+    first, last = reader.all_steps()[-2:]
+    final = checkpoint._restore_parts(reader, ('params', 'extra'), last)
   shutil.rmtree(workdir / 'checkpoints' / str(last))
   loop.train(config, workdir, kind='finetune', progress=False)
-  resumed = checkpoint._restore_parts(workdir, ('params', 'extra'), last)
+  with checkpoint.open_checkpoints(workdir) as reader:
+    resumed = checkpoint._restore_parts(reader, ('params', 'extra'), last)
   assert first < last
   assert_trees_close(resumed, final, atol=0, rtol=0)
 
