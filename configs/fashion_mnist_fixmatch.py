@@ -23,7 +23,7 @@ def get_config(variant=None):
   c.data.unlabelled_ratio = 7
   c.data.batch_size = 8 * 48
   c.objective = dict(name='fixmatch', threshold=0.95, unlabelled_weight=1.0,
-                     strong_augment=dict(name='crop_flip_jitter', erase_prob=0.5))
+                     strong_augment=dict(name='fixmatch_strong'))
   c.optimizer.lr = 1e-3
   c.optimizer.warmup_steps = 50
   c.train.epochs = 14

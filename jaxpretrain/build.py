@@ -12,6 +12,7 @@ import optax
 
 from jaxpretrain import checkpoint, convert, finetune
 from jaxpretrain.data import augment as augment_lib
+from jaxpretrain.data import rand_augment
 from jaxpretrain.data import tokenizers
 from jaxpretrain.errors import ConfigError
 from jaxpretrain.models import (INCEPTION_PRESETS, PRESETS, RESNET_PRESETS, VGG_PRESETS,
@@ -250,6 +251,8 @@ AUGMENTS: dict[str, Callable[..., augment_lib.Augment]] = {
     'crop_flip_jitter': augment_lib.crop_flip_jitter,
     'simclr': augment_lib.simclr,
     'color_jitter': augment_lib.color_jitter,
+    'rand_augment': rand_augment.rand_augment,
+    'fixmatch_strong': rand_augment.fixmatch_strong,
 }
 
 MIXES: dict[str, Callable[[Config], mixing.Mix]] = {

@@ -1,5 +1,6 @@
 """Small models and batches shared by the tests."""
 
+import functools
 import json
 
 import flax.linen as nn
@@ -96,3 +97,15 @@ def copy_of(directory, tmp_path, *, config=None, weights=None, preprocessor=None
   if preprocessor is not None:
     (tmp_path / 'preprocessor_config.json').write_text(json.dumps(preprocessor))
   return tmp_path
+
+
+@functools.cache
+def _batched(augment):
+  """`jax.jit(jax.vmap(augment))`, built once per augmentation so that each compiles once."""
+  return jax.jit(jax.vmap(augment))
+
+
+def run_augment(augment, images_BxHxWxC, seed=0):
+  """Runs an augmentation on every image, jitted and vmapped, a key per image from `seed`."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(images_BxHxWxC))
+  return np.asarray(_batched(augment)(images_BxHxWxC, keys))

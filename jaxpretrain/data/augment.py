@@ -119,6 +119,49 @@ def random_flip_up_down(prob: float = 0.5) -> Augment:
   return augment
 
 
+def check_fill(fill: str) -> None:
+  """Raises ValueError unless `fill` names a way to read outside the image."""
+  if fill not in _FILL_MODES:
+    raise ValueError(f'unknown fill {fill!r}; choose one of {sorted(_FILL_MODES)}')
+
+
+def affine_transform(image_HxWxC: jax.Array, matrix_2x2: jax.typing.ArrayLike,
+                     offset: jax.typing.ArrayLike = (0.0, 0.0), fill: str = 'zero') -> jax.Array:
+  """Resamples the image bilinearly under an affine map about its centre.
+
+  The output pixel at `(y, x)` from the centre reads the input at
+  `matrix_2x2 @ (y, x) + offset` from the centre: the matrix is the inverse of the
+  visible motion, and an offset of `(0, -2)` moves the content 2 pixels right.
+
+  Args:
+    image_HxWxC: the image.
+    matrix_2x2: the (row, column) map from output to input coordinates.
+    offset: (row, column) shift added to the input coordinates, in pixels.
+    fill: what pixels from outside the image read: `'zero'` or `'edge'` (the
+      nearest border pixel).
+
+  Returns:
+    The resampled image, same shape.
+  """
+  check_fill(fill)
+  h, w, _ = image_HxWxC.shape
+  m = jnp.asarray(matrix_2x2, jnp.float32)
+  t = jnp.asarray(offset, jnp.float32)
+  dy = (jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2)[:, None]
+  dx = (jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2)[None, :]
+  y = (h - 1) / 2 + m[0, 0] * dy + m[0, 1] * dx + t[0]
+  x = (w - 1) / 2 + m[1, 0] * dy + m[1, 1] * dx + t[1]
+  return _sample(image_HxWxC, y, x, _FILL_MODES[fill]).astype(image_HxWxC.dtype)
+
+
+def rotation_matrix(degrees: jax.typing.ArrayLike) -> jax.Array:
+  """The `affine_transform` matrix that turns an image counter-clockwise by `degrees`."""
+  theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
+  cos, sin = jnp.cos(theta), jnp.sin(theta)
+  # Each output pixel reads the input where the inverse rotation takes it.
+  return jnp.stack([jnp.stack([cos, sin]), jnp.stack([-sin, cos])])
+
+
 def rotate(image_HxWxC: jax.Array, degrees: jax.typing.ArrayLike,
            fill: str = 'zero') -> jax.Array:
   """Rotates the image counter-clockwise about its centre, sampling bilinearly.
@@ -132,23 +175,12 @@ def rotate(image_HxWxC: jax.Array, degrees: jax.typing.ArrayLike,
   Returns:
     The rotated image, same shape.
   """
-  if fill not in _FILL_MODES:
-    raise ValueError(f'unknown fill {fill!r}; choose one of {sorted(_FILL_MODES)}')
-  h, w, _ = image_HxWxC.shape
-  theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
-  cos, sin = jnp.cos(theta), jnp.sin(theta)
-  dy = (jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2)[:, None]
-  dx = (jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2)[None, :]
-  # Each output pixel reads the input where the inverse rotation takes it.
-  y = (h - 1) / 2 + cos * dy + sin * dx
-  x = (w - 1) / 2 - sin * dy + cos * dx
-  return _sample(image_HxWxC, y, x, _FILL_MODES[fill]).astype(image_HxWxC.dtype)
+  return affine_transform(image_HxWxC, rotation_matrix(degrees), fill=fill)
 
 
 def random_rotation(max_degrees: float, fill: str = 'zero') -> Augment:
   """Rotates by an angle drawn uniformly from [-max_degrees, max_degrees] (see `rotate`)."""
-  if fill not in _FILL_MODES:
-    raise ValueError(f'unknown fill {fill!r}; choose one of {sorted(_FILL_MODES)}')
+  check_fill(fill)
   if not max_degrees:
     return _identity
 

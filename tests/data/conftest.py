@@ -3,10 +3,12 @@
 import gzip
 import pathlib
 
+from matplotlib import cbook
 import numpy as np
+from PIL import Image
 import pytest
 
-from jaxpretrain.data import catalogue, fashion_mnist
+from jaxpretrain.data import catalogue, data_source, fashion_mnist, read_all
 
 
 def _raw_files() -> pathlib.Path:
@@ -66,3 +68,23 @@ def tiny_train(tiny_data_dir):
 @pytest.fixture
 def tiny_test(tiny_data_dir):
   return catalogue.data_source('fashion_mnist', 'test', data_dir=tiny_data_dir)
+
+
+# Real images: Fashion-MNIST (gray) and matplotlib's sample photograph of Grace Hopper
+# in front of a flag (RGB: skin, navy, red, white and blue).
+
+@pytest.fixture(scope='session')
+def gray():
+  """The first 8 Fashion-MNIST test images, 28x28x1 in [0, 1]."""
+  batch = read_all(data_source('fashion_mnist', 'test[:8]'))
+  return (batch['image'] / 255.0).astype(np.float32)
+
+
+@pytest.fixture(scope='session')
+def rgb():
+  """Eight 32x32 RGB views of a real photograph (the whole of it and seven crops), in [0, 1]."""
+  photo = Image.open(cbook.get_sample_data('grace_hopper.jpg')).convert('RGB')
+  boxes = [(0, 0, 512, 600), (128, 172, 384, 428)] + [
+      (left, top, left + 256, top + 256) for top in (0, 172, 344) for left in (0, 256)]
+  views = [np.asarray(photo.resize((32, 32), Image.BILINEAR, box=b)) for b in boxes]
+  return (np.stack(views) / 255.0).astype(np.float32)

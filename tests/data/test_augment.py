@@ -1,14 +1,11 @@
 """Augmentations: shapes, value ranges, determinism, identity at zero strength."""
 
-import functools
-
 import jax
-from matplotlib import cbook
 import numpy as np
-from PIL import Image
 import pytest
 
-from jaxpretrain.data import augment, data_source, read_all
+from jaxpretrain.data import augment
+from tests.helpers import run_augment
 
 IMAGES = np.random.default_rng(0).uniform(size=(6, 8, 8, 1)).astype(np.float32)
 KEY = jax.random.PRNGKey(3)
@@ -68,37 +65,6 @@ def test_resized_crop_fused_flip_mirrors():
   np.testing.assert_allclose(crop(IMAGES[0], KEY), IMAGES[0][:, ::-1], atol=1e-5)
 
 
-# Real images: Fashion-MNIST (gray) and matplotlib's sample photograph of Grace Hopper
-# in front of a flag (RGB: skin, navy, red, white and blue).
-
-@pytest.fixture(scope='module')
-def gray():
-  """The first 8 Fashion-MNIST test images, 28x28x1 in [0, 1]."""
-  batch = read_all(data_source('fashion_mnist', 'test[:8]'))
-  return (batch['image'] / 255.0).astype(np.float32)
-
-
-@pytest.fixture(scope='module')
-def rgb():
-  """Eight 32x32 RGB views of a real photograph (the whole of it and seven crops), in [0, 1]."""
-  photo = Image.open(cbook.get_sample_data('grace_hopper.jpg')).convert('RGB')
-  boxes = [(0, 0, 512, 600), (128, 172, 384, 428)] + [
-      (left, top, left + 256, top + 256) for top in (0, 172, 344) for left in (0, 256)]
-  views = [np.asarray(photo.resize((32, 32), Image.BILINEAR, box=b)) for b in boxes]
-  return (np.stack(views) / 255.0).astype(np.float32)
-
-
-@functools.cache
-def _batched(aug):
-  """`jax.jit(jax.vmap(aug))`, built once per augmentation so that each compiles once."""
-  return jax.jit(jax.vmap(aug))
-
-
-def _run(aug, images, seed=0):
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(images))
-  return np.asarray(_batched(aug)(images, keys))
-
-
 # The deterministic ops, jitted: run eagerly, each of their many primitives would compile alone.
 rotate = jax.jit(augment.rotate, static_argnames='fill')
 blur = jax.jit(augment.blur, static_argnames='kernel_size')
@@ -128,11 +94,11 @@ RANDOM_AUGMENTS = {
 @pytest.mark.parametrize('name', RANDOM_AUGMENTS)
 def test_jitted_vmapped_shape_dtype_range_and_keys(name, rgb):
   aug = RANDOM_AUGMENTS[name]
-  out = _run(aug, rgb)
+  out = run_augment(aug, rgb)
   assert out.shape == rgb.shape and out.dtype == np.float32
   assert out.min() >= 0.0 and out.max() <= 1.0
-  np.testing.assert_array_equal(out, _run(aug, rgb))  # same key, same images
-  assert not np.allclose(out, _run(aug, rgb, seed=1))  # another key, other images
+  np.testing.assert_array_equal(out, run_augment(aug, rgb))  # same key, same images
+  assert not np.allclose(out, run_augment(aug, rgb, seed=1))  # another key, other images
   assert not np.allclose(out, rgb)
 
 
@@ -147,7 +113,7 @@ def test_zero_strength_is_identity_on_real_images(rgb, gray):
       augment.random_flip_up_down(0.0)]
   for images in (rgb, gray):
     for aug in identities:
-      np.testing.assert_array_equal(_run(aug, images), images)
+      np.testing.assert_array_equal(run_augment(aug, images), images)
     # The deterministic ops at zero strength, through the arithmetic rather than a shortcut.
     image = images[0]
     np.testing.assert_allclose(rotate(image, 0.0), image, atol=1e-6)
@@ -158,7 +124,7 @@ def test_zero_strength_is_identity_on_real_images(rgb, gray):
 
 
 def test_grayscale_has_equal_channels_and_luma_weights(rgb, gray):
-  out = _run(augment.random_grayscale(1.0), rgb)
+  out = run_augment(augment.random_grayscale(1.0), rgb)
   assert out.shape == rgb.shape
   np.testing.assert_array_equal(out[..., 0], out[..., 1])
   np.testing.assert_array_equal(out[..., 0], out[..., 2])
@@ -168,7 +134,7 @@ def test_grayscale_has_equal_channels_and_luma_weights(rgb, gray):
                              atol=1e-7)
   # One channel is already gray: grayscale, saturation and hue leave it alone.
   for aug in (augment.random_grayscale(1.0), augment.saturation(0.9), augment.hue(0.5)):
-    np.testing.assert_array_equal(_run(aug, gray), gray)
+    np.testing.assert_array_equal(run_augment(aug, gray), gray)
   with pytest.raises(ValueError, match='1 or 3 channels'):
     adjust_saturation(np.zeros((4, 4, 2), np.float32), 0.5)
 
@@ -248,7 +214,7 @@ def test_normalize_and_resize(rgb, gray):
   np.testing.assert_array_equal(up, gray[0].repeat(2, axis=0).repeat(2, axis=1))
   np.testing.assert_allclose(augment.resize(28, 28)(gray[0], KEY), gray[0], atol=1e-6)
   for method in ('bilinear', 'bicubic', 'lanczos3'):
-    small = _run(augment.resize(12, 20, method), rgb)
+    small = run_augment(augment.resize(12, 20, method), rgb)
     assert small.shape == (8, 12, 20, 3) and small.dtype == np.float32
     assert small.min() >= 0.0 and small.max() <= 1.0
   with pytest.raises(ValueError, match='unknown resize method'):
@@ -258,7 +224,7 @@ def test_normalize_and_resize(rgb, gray):
 def test_random_apply_applies_with_its_probability(gray):
   flip = augment.random_flip_up_down(1.0)
   np.testing.assert_array_equal(augment.random_apply(flip, 1.0)(gray[0], KEY), gray[0][::-1])
-  flipped = _run(augment.random_apply(flip, 0.5), gray)
+  flipped = run_augment(augment.random_apply(flip, 0.5), gray)
   is_flipped = [np.array_equal(f, g[::-1]) for f, g in zip(flipped, gray)]
   is_same = [np.array_equal(f, g) for f, g in zip(flipped, gray)]
   assert all(a or b for a, b in zip(is_flipped, is_same)) and any(is_flipped) and any(is_same)
@@ -266,11 +232,11 @@ def test_random_apply_applies_with_its_probability(gray):
 
 def test_simclr_views(rgb, gray):
   for images in (rgb, gray):
-    first, second = _run(SIMCLR, images, seed=0), _run(SIMCLR, images, seed=1)
+    first, second = run_augment(SIMCLR, images, seed=0), run_augment(SIMCLR, images, seed=1)
     assert first.shape == images.shape and first.dtype == np.float32
     assert first.min() >= 0.0 and first.max() <= 1.0
     assert not np.allclose(first, second) and not np.allclose(first, images)
   # About a fifth of the views are gray (equal channels), as SimCLR's grayscale probability.
-  many = np.concatenate([_run(SIMCLR, rgb, seed) for seed in range(2, 10)])
+  many = np.concatenate([run_augment(SIMCLR, rgb, seed) for seed in range(2, 10)])
   gray_share = np.mean(np.all(np.ptp(many, axis=-1) < 1e-6, axis=(1, 2)))
   assert 0.05 < gray_share < 0.4
