@@ -531,8 +531,14 @@ def evaluate_splits(config: Config, workdir: str | pathlib.Path, splits: Sequenc
                                                 tokenizer=tokenizer, teacher=_teacher(config)))
   state = initial_state(config, ft_cfg, 1, example)
   with checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints', read_only=True) as ckpt:
+    kept = ckpt.has(ema.PATH, step)
+    if ema.KEY in state.extra and not kept:
+      raise build.ConfigError(
+          f'the checkpoint in {ckpt.directory} was saved without an average of the weights, '
+          f'and this config sets train.ema_decay={ema_decay(config)}: evaluate it with '
+          'train.ema_decay=0.')
     # Without train.ema_decay, a run that kept an average is scored on its raw parameters.
-    raw = ema.KEY not in state.extra and ckpt.has(ema.PATH, step)
+    raw = ema.KEY not in state.extra and kept
     state, _ = ckpt.restore(ema.init(state) if raw else state, step=step)
   if raw:
     state = state.replace(extra={k: v for k, v in state.extra.items() if k != ema.KEY})

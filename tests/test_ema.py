@@ -113,3 +113,6 @@ def test_resuming_with_or_without_an_average_unlike_the_checkpoints_is_refused(
                                         r'Nothing was changed on disk'):
     loop.train(more, tmp_path, kind='finetune', progress=False)
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
+  if not saved:  # No average to score: evaluation says which setting reads these weights.
+    with pytest.raises(ConfigError, match=r'saved without an average.*train.ema_decay=0'):
+      loop.evaluate(more, tmp_path, split='test[:8]', step='latest')

@@ -112,8 +112,8 @@ def _geometric_maps(signed_m: jax.Array, height: int, width: int) -> tuple[jax.A
   maps = [
       (eye, zero),
       (augment_lib.rotation_matrix(MAX_DEGREES * signed_m), zero),
-      (jnp.array([[1.0, 0.0], [0.0, 1.0]]).at[1, 0].set(shear), zero),  # shear_x
-      (jnp.array([[1.0, 0.0], [0.0, 1.0]]).at[0, 1].set(shear), zero),  # shear_y
+      (eye.at[1, 0].set(shear), zero),  # shear_x: column read = x + shear * y
+      (eye.at[0, 1].set(shear), zero),  # shear_y: row read = y + shear * x
       (eye, jnp.stack([0.0, -shift * width])),  # translate_x
       (eye, jnp.stack([-shift * height, 0.0])),  # translate_y
   ]
