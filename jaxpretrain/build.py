@@ -201,9 +201,10 @@ def _distillation(*, task: str, teacher: str = '', temperature: float = 2.0, alp
   if tokenizer is not None:
     _check_vocabulary(teacher, module, tokenizer)
   if task == 'classification':
-    return objectives.classifier_distillation(make_apply_fn(module), augment=augment,
-                                              temperature=temperature, alpha=alpha, **task_kwargs)
-  token_task = TASKS[task](**task_kwargs, **token_kwargs(task, tokenizer))
+    return _call(objectives.classifier_distillation, 'objective', task_kwargs,
+                 teacher_apply_fn=make_apply_fn(module), augment=augment,
+                 temperature=temperature, alpha=alpha)
+  token_task = _call(TASKS[task], 'objective', task_kwargs, **token_kwargs(task, tokenizer))
   return objectives.distillation(token_task, make_apply_fn(module), temperature=temperature,
                                  alpha=alpha)
 

@@ -149,3 +149,12 @@ def test_a_classifier_teacher_is_checked_and_named():
   cfg = config.load('configs/fashion_mnist_distil.py:tiny')
   with pytest.raises(ConfigError, match="classifier's work directory"):
     build.objective(cfg.objective, cfg.augment, teacher='')
+
+
+def test_a_key_the_distillation_task_does_not_take_is_named(teacher):
+  cfg = config.load('configs/fashion_mnist_distil.py:tiny')
+  cfg.unlock()
+  cfg.objective.lable_key = 'label'
+  with pytest.raises(ConfigError, match=r'unknown config key objective.lable_key for '
+                                        r'classifier_distillation; valid keys: .*label_key'):
+    build.objective(cfg.objective, cfg.augment, teacher=str(teacher))
