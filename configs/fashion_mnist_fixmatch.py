@@ -5,8 +5,9 @@ the labelled ones learn their label from a weakly augmented view (shifts and
 flips), the unlabelled ones the model's own confident prediction on a weak view,
 from a strongly augmented one (`fixmatch_strong`: flip and shift, two
 RandAugment ops, Cutout). The same 48 labelled images per class to train on
-and 12 to choose the epoch as `fashion_mnist_finetune.py`. Set `finetune.pretrained` to start from a
-pre-trained encoder; leave it empty to start from scratch. `:tiny` for tests.
+and 12 to choose the epoch as `fashion_mnist_finetune.py`. Set
+`finetune.pretrained` to start from a pre-trained encoder; leave it empty to
+start from scratch. `:tiny` for tests.
 """
 
 import pathlib
