@@ -204,6 +204,9 @@ def _distillation(*, task: str, teacher: str = '', temperature: float = 2.0, alp
     return _call(objectives.classifier_distillation, 'objective', task_kwargs,
                  teacher_apply_fn=make_apply_fn(module), augment=augment,
                  temperature=temperature, alpha=alpha)
+  if augment is not None:
+    raise ConfigError(f'the run augments images, but distilling the {task} task reads tokens: '
+                      "set --config.augment.name=none")
   token_task = _call(TASKS[task], 'objective', task_kwargs, **token_kwargs(task, tokenizer))
   return objectives.distillation(token_task, make_apply_fn(module), temperature=temperature,
                                  alpha=alpha)
@@ -222,14 +225,14 @@ OBJECTIVES: dict[str, Callable[..., objectives.Objective]] = {
 }
 
 
-def _augments_itself(cfg: Config) -> bool:
-  """Whether an objective makes its own views of each image: the run's augmentation is its.
+def _makes_own_views(builder: Callable[..., objectives.Objective]) -> bool:
+  """Whether an objective's builder takes `augment`: it then makes its own views of each image.
 
   SimCLR's two views; a classifier's distillation, whose teacher sees the image unaugmented;
-  FixMatch's weak view (its strong one is `objective.strong_augment`).
+  FixMatch's weak view (its strong one is `objective.strong_augment`). The run's augmentation
+  is passed to it rather than applied to the batch beforehand.
   """
-  return cfg.name in ('simclr', 'fixmatch') or (cfg.name == 'distillation'
-                                                and cfg.get('task') == 'classification')
+  return 'augment' in inspect.signature(builder).parameters
 
 
 def token_kwargs(name: str, tokenizer: Any) -> dict[str, Any]:
@@ -294,14 +297,14 @@ def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any 
   """
   extra = {'teacher': teacher} if cfg.name == 'distillation' else {}
   if 'strong_augment' in cfg:
-    extra['strong_augment'] = (_augment(cfg.strong_augment, 'objective.strong_augment')
-                               or augment_lib.compose())
+    extra['strong_augment'] = _augment(cfg.strong_augment, 'objective.strong_augment')
+  builder = _pick(OBJECTIVES, cfg.name, 'objective')
   aug = _augment(augment_cfg)
-  if _augments_itself(cfg):
-    extra['augment'] = aug or augment_lib.compose()
+  if _makes_own_views(builder):
+    extra['augment'] = aug
     aug = None
-  obj = _call(_pick(OBJECTIVES, cfg.name, 'objective'), 'objective', _kwargs(cfg, *extra),
-              **extra, **token_kwargs(cfg.name, tokenizer))
+  obj = _call(builder, 'objective', _kwargs(cfg, *extra), **extra,
+              **token_kwargs(cfg.name, tokenizer))
   if mix_cfg is not None and mix_cfg.get('name', 'none') != 'none':
     if cfg.name != 'classification' or not num_classes:
       raise ConfigError(f'mix {mix_cfg.name!r} blends the targets of a classifier: it needs '

@@ -38,10 +38,6 @@ def _reference_nt_xent(z1, z2, temperature):
   return np.mean(losses)
 
 
-def _identity(image, rng):  # pylint: disable=unused-argument
-  return image
-
-
 def _model(norm=None):
   return ContrastiveModel(ConvEncoder(stages=((4,), (8,)), norm=norm), projection_hidden=16,
                           projection_dim=8)
@@ -106,7 +102,7 @@ def test_simclr_views_and_metrics_with_a_plain_apply_fn():
 
   @jax.jit
   def run(rng_a, rng_b):
-    same = simclr(augment=_identity)(apply_fn, {}, batch, rng_a)
+    same = simclr(augment=None)(apply_fn, {}, batch, rng_a)
     views = simclr(augment=noisy)
     train = [views(apply_fn, {}, batch, r)[0] for r in (rng_a, rng_b)]
     evaluation = [views(apply_fn, {}, batch, r, train=False)[0] for r in (rng_a, rng_b)]
@@ -177,9 +173,9 @@ def test_simclr_training_agrees_on_one_device_a_mesh_and_pmap():
   for b in batches[::2]:
     b['mask'] = np.ones(16, np.float32)
   init = _initial_state()
-  ref_state, ref_metrics = run_single(init, batches, simclr(augment=_identity))
-  runs = [run_mesh(init, batches, simclr(augment=_identity)),
-          run_pmap(init, batches, simclr(augment=_identity, axis_name='batch'))]
+  ref_state, ref_metrics = run_single(init, batches, simclr(augment=None))
+  runs = [run_mesh(init, batches, simclr(augment=None)),
+          run_pmap(init, batches, simclr(augment=None, axis_name='batch'))]
   for state, metrics in runs:
     assert_trees_close(ref_state.params, state.params, atol=PARAMS_ATOL)
     np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], rtol=1e-5)

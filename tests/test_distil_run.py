@@ -1,6 +1,7 @@
 """DistilBERT-style distillation from a BERT MLM run, from configs (tiny variants)."""
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -105,3 +106,10 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_training(teacher, t
     loop.train(config, tmp_path / 'run', progress=False)
   assert not loop.read_metrics(tmp_path / 'run')
   assert not list((tmp_path / 'run' / 'checkpoints').glob('[0-9]*'))
+
+
+def test_image_augmentation_for_a_token_task_is_a_clear_error(teacher):
+  config = config_lib.load(DISTIL)
+  with pytest.raises(ConfigError, match='reads tokens.*augment.name=none'):
+    build.objective(config.objective, ml_collections.ConfigDict(dict(name='standard')),
+                    tokenizer=tokenizers.load(teacher), teacher=teacher)

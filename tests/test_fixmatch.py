@@ -17,7 +17,7 @@ IMAGES = np.random.default_rng(0).normal(size=(B, 2, 2, 1)).astype(np.float32)
 LABELS = np.array([0, 1, 2, 0, UNLABELLED, UNLABELLED, UNLABELLED, UNLABELLED], np.int64)
 LABELLED = LABELS != UNLABELLED
 PARAMS = {'w': 3.0 * jax.random.normal(jax.random.PRNGKey(1), (P, K))}
-KEEP = lambda image, rng: image
+KEEP = None  # No augmentation: the image itself.
 BLANK = lambda image, rng: jnp.zeros_like(image)
 
 

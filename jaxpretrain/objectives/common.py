@@ -75,7 +75,9 @@ def with_augmentation(objective: Objective, augment: Callable[[jax.Array, jax.Ar
   return wrapped
 
 
-def augment_images(augment: Callable[[jax.Array, jax.Array], jax.Array],
+def augment_images(augment: Callable[[jax.Array, jax.Array], jax.Array] | None,
                    images_BxHxWxC: jax.Array, rng: jax.Array) -> jax.Array:
-  """`augment` applied to every image of a batch, each with its own key."""
+  """`augment` applied to every image of a batch, each with its own key (None: unchanged)."""
+  if augment is None:
+    return images_BxHxWxC
   return jax.vmap(augment)(images_BxHxWxC, jax.random.split(rng, images_BxHxWxC.shape[0]))

@@ -115,20 +115,23 @@ def nt_xent(z1_BxD: jax.Array, z2_BxD: jax.Array, *, temperature: float,
   return _global_mean(losses, weights, total, axis_name)
 
 
-def _two_views(augment: Callable[[jax.Array, jax.Array], jax.Array], images_BxHxWxC: jax.Array,
-               rng: jax.Array, first_index: jax.Array | int) -> jax.Array:
+def _two_views(augment: Callable[[jax.Array, jax.Array], jax.Array] | None,
+               images_BxHxWxC: jax.Array, rng: jax.Array, first_index: jax.Array | int
+               ) -> jax.Array:
   """Both views of every image, `[view 1 of all; view 2 of all]`, shape (2B, H, W, C).
 
   Each example's keys derive from its index in the global batch, so fixed-key
   views are the same on one device, over a mesh, and under pmap.
   """
+  if augment is None:
+    return jnp.concatenate([images_BxHxWxC, images_BxHxWxC])
   index_B = first_index + jnp.arange(images_BxHxWxC.shape[0])
   keys_Bx2 = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i)))(index_B)
   views_Bx2xHxWxC = jax.vmap(jax.vmap(augment, in_axes=(None, 0)))(images_BxHxWxC, keys_Bx2)
   return jnp.concatenate([views_Bx2xHxWxC[:, 0], views_Bx2xHxWxC[:, 1]])
 
 
-def simclr(*, augment: Callable[[jax.Array, jax.Array], jax.Array], temperature: float = 0.5,
+def simclr(*, augment: Callable[[jax.Array, jax.Array], jax.Array] | None, temperature: float = 0.5,
            axis_name: str | None = None, image_key: str = 'image',
            projection_key: str = 'projection') -> Objective:
   """SimCLR (Chen et al., 2020): agree on two augmented views of each image.
@@ -148,7 +151,8 @@ def simclr(*, augment: Callable[[jax.Array, jax.Array], jax.Array], temperature:
   combines by weight.
 
   Args:
-    augment: `(image_HxWxC, rng) -> image_HxWxC`, e.g. `augment.crop_flip_jitter()`.
+    augment: `(image_HxWxC, rng) -> image_HxWxC`, e.g. `augment.crop_flip_jitter()`;
+      None makes both views the image itself.
     temperature: the NT-Xent temperature.
     axis_name: the pmap axis to gather negatives over, or None.
     image_key: batch key of the images.

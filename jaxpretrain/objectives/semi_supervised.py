@@ -13,7 +13,7 @@ from jaxpretrain.data.sources import UNLABELLED
 from jaxpretrain.objectives.common import (Objective, augment_images, call_model, example_weights,
                                            mean_over, top1_hits)
 
-def fixmatch(*, augment: Augment, strong_augment: Augment, threshold: float = 0.95,
+def fixmatch(*, augment: Augment | None, strong_augment: Augment | None, threshold: float = 0.95,
              unlabelled_weight: float = 1.0, label_key: str = 'label',
              image_key: str = 'image') -> Objective:
   """FixMatch (Sohn et al., 2020): confident predictions on weak views label strong views.
@@ -27,7 +27,8 @@ def fixmatch(*, augment: Augment, strong_augment: Augment, threshold: float = 0.
   Evaluation is plain cross-entropy and accuracy on unaugmented, labelled images.
 
   Args:
-    augment: the weak augmentation, `(image_HxWxC, rng) -> image_HxWxC`.
+    augment: the weak augmentation, `(image_HxWxC, rng) -> image_HxWxC`; None leaves
+      the images as they are.
     strong_augment: the strong augmentation, of the same form.
     threshold: least top probability on the weak view for a pseudo-label.
     unlabelled_weight: weight of the unlabelled loss (the paper's lambda).
