@@ -196,7 +196,7 @@ class Checkpointer:
       CheckpointMismatchError: when a saved array's shape differs from the target's.
     """
     step = self.resolve(step)
-    saved = _shapes(self._manager.item_metadata(step)['state'])
+    saved = {p: tuple(m.shape) for p, m in self.saved_arrays(step).items()}
     wanted = _shapes(target)
     bad = [(p, saved[p], s) for p, s in wanted.items() if p in saved and saved[p] != s]
     missing = sorted(set(wanted) - set(saved))
