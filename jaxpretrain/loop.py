@@ -214,12 +214,20 @@ _INSTEAD_OF_NO_LABELS = {
 }
 
 
+def _declared_classes(cfg: Config) -> int | None:
+  """How many classes the TFDS metadata of the data section's dataset gives its labels."""
+  if text_runs.is_text(cfg):
+    return None
+  features = data_lib.dataset_info(cfg.name, data_dir=cfg.get('data_dir') or None).features
+  return getattr(features['label'], 'num_classes', None) if 'label' in features else None
+
+
 def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
   """A classifier's labels must be there (not `data.unlabelled`) and index its outputs.
 
   Out-of-range labels would not fail: the loss would quietly read a wrong logit.
-  Only sources held in memory are checked, since a lazy one would have to be
-  decoded whole.
+  The labels of the sources held in memory are checked, then the classes the
+  dataset declares, which covers a lazy source without decoding it whole.
   """
   if config.data.get('unlabelled') and config.objective.name in _INSTEAD_OF_NO_LABELS:
     raise build.ConfigError(f'data.unlabelled=True drops the training labels the '
@@ -237,6 +245,11 @@ def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
       raise build.ConfigError(
           f'the labels of {config.data.name!r} run from {low} to {high}, but the model has '
           f'model.num_classes={classes} outputs; set --config.model.num_classes={high + 1}')
+  declared = _declared_classes(config.data)
+  if declared and declared > classes:
+    raise build.ConfigError(
+        f'{config.data.name!r} has {declared} classes, but the model has '
+        f'model.num_classes={classes} outputs; set --config.model.num_classes={declared}')
 
 
 def _evaluate(engine: Engine, placed_state: Any, batches: Iterable[dict]) -> dict[str, float]:

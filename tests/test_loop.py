@@ -40,6 +40,15 @@ def test_labels_beyond_num_classes_are_refused_before_training(tmp_path):
   assert not (tmp_path / 'checkpoints').exists()
 
 
+def test_a_dataset_with_more_classes_than_outputs_is_refused_without_reading_its_labels(
+    tmp_path):
+  config = _config(FINETUNE, 'model.num_classes=7', 'data.in_memory=False')
+  with pytest.raises(ConfigError, match=r"'fashion_mnist' has 10 classes.*"
+                                        r'model.num_classes=7.*model.num_classes=10'):
+    loop.train(config, tmp_path, progress=False)
+  assert not (tmp_path / 'checkpoints').exists()
+
+
 def test_a_pmap_run_synchronises_batch_norm_and_trains_as_the_mesh_run_does(tmp_path):
   spec = 'configs/fashion_mnist_finetune.py:resnet_tiny'
   # One example per device, where unsynchronised BatchNorm would differ most. No
