@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -29,19 +30,29 @@ def make_apply_fn(module: nn.Module):
   return apply_fn
 
 
+def _init(module: nn.Module, rng: jax.Array, batch: Any) -> Any:
+  params_rng, dropout_rng = jax.random.split(rng)
+  return module.init({'params': params_rng, 'dropout': dropout_rng}, batch, train=False)
+
+
+# The module is a static argument: modules equal in every field (two builds of one
+# config) share one compiled program for each batch shape.
+_init_by_module = jax.jit(_init, static_argnums=0)
+
+
 def init_variables(module: nn.Module, rng: jax.Array, example_batch: Any) -> dict[str, Any]:
   """Initialises a module's variables from an example batch (eval mode, no dropout).
 
   One jitted program: run op by op, every initialiser and layer of the first
   forward pass would compile on its own, which takes longer than the whole.
+  It compiles once per module configuration and batch shape, unless a field of
+  the module is unhashable (a list, say): then once per call.
   """
-
-  @jax.jit
-  def init(rng, batch):
-    params_rng, dropout_rng = jax.random.split(rng)
-    return module.init({'params': params_rng, 'dropout': dropout_rng}, batch, train=False)
-
-  return dict(init(rng, example_batch))
+  try:
+    hash(module)
+  except TypeError:
+    return dict(jax.jit(functools.partial(_init, module))(rng, example_batch))
+  return dict(_init_by_module(module, rng, example_batch))
 
 
 def sync_batch_norm(module: nn.Module, axis_name: str) -> nn.Module:
