@@ -225,14 +225,9 @@ OBJECTIVES: dict[str, Callable[..., objectives.Objective]] = {
 }
 
 
-def _makes_own_views(builder: Callable[..., objectives.Objective]) -> bool:
-  """Whether an objective's builder takes `augment`: it then makes its own views of each image.
-
-  SimCLR's two views; a classifier's distillation, whose teacher sees the image unaugmented;
-  FixMatch's weak view (its strong one is `objective.strong_augment`). The run's augmentation
-  is passed to it rather than applied to the batch beforehand.
-  """
-  return 'augment' in inspect.signature(builder).parameters
+def _takes(builder: Callable[..., objectives.Objective], name: str) -> bool:
+  """Whether an objective's builder has a parameter `name`."""
+  return name in inspect.signature(builder).parameters
 
 
 def token_kwargs(name: str, tokenizer: Any) -> dict[str, Any]:
@@ -281,7 +276,8 @@ def _augment(cfg: Config | None, section: str = 'augment') -> augment_lib.Augmen
 
 def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any = None,
               teacher: str = '', mix_cfg: Config | None = None,
-              num_classes: int | None = None) -> objectives.Objective:
+              num_classes: int | None = None,
+              axis_name: str | None = None) -> objectives.Objective:
   """The objective named by `cfg.name`, with training augmentation if `augment_cfg.name`.
 
   Args:
@@ -294,15 +290,22 @@ def objective(cfg: Config, augment_cfg: Config | None = None, *, tokenizer: Any 
       Hugging Face directory: the run config's `finetune.teacher`).
     mix_cfg: the `mix` section (mixup, cutmix), for training a classifier.
     num_classes: the classifier's classes, for mixing.
+    axis_name: the pmap axis the step runs over, or None; given to the
+      objectives that work across devices (SimCLR's negatives, MAE's masks).
   """
   extra = {'teacher': teacher} if cfg.name == 'distillation' else {}
   if 'strong_augment' in cfg:
     extra['strong_augment'] = _augment(cfg.strong_augment, 'objective.strong_augment')
   builder = _pick(OBJECTIVES, cfg.name, 'objective')
   aug = _augment(augment_cfg)
-  if _makes_own_views(builder):
+  # An objective that takes `augment` makes its own views of each image (SimCLR's two,
+  # FixMatch's weak one, a classifier distillation's student's): the run's augmentation is
+  # its, not applied to the batch beforehand.
+  if _takes(builder, 'augment'):
     extra['augment'] = aug
     aug = None
+  if axis_name is not None and _takes(builder, 'axis_name'):
+    extra['axis_name'] = axis_name
   obj = _call(builder, 'objective', _kwargs(cfg, *extra), **extra,
               **token_kwargs(cfg.name, tokenizer))
   if mix_cfg is not None and mix_cfg.get('name', 'none') != 'none':

@@ -85,6 +85,15 @@ def _predict(state: TrainState, batch: dict) -> tuple[dict[str, Any], dict]:
   return {k: v for k, v in apply_model(state, batch).items() if k != 'model_state'}, batch
 
 
+def axis_name(config: Config) -> str | None:
+  """The device axis a run's objective sees: under pmap each device holds a share of the batch.
+
+  SimCLR gathers its negatives and MAE numbers its masks over it, so that a pmap
+  run computes what a mesh or single-device run does.
+  """
+  return parallel.PMAP_AXIS if config.parallel.get('mode') == 'pmap' else None
+
+
 def make_engine(mode: str, objective: Objective, eval_objective: Objective, state: TrainState,
                 **step_options: Any) -> Engine:
   """The jitted train, eval and predict steps of `parallel.mode` ('mesh', 'pmap' or 'single').
@@ -371,10 +380,11 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   decay = ema_decay(config)
   objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer,
                               teacher=_teacher(config), mix_cfg=config.get('mix'),
-                              num_classes=config.model.get('num_classes'))
+                              num_classes=config.model.get('num_classes'),
+                              axis_name=axis_name(config))
   # Augmentation and mixing act in training only; SimCLR's evaluation views need it too.
   eval_objective = build.objective(config.objective, config.get('augment'), tokenizer=tokenizer,
-                                   teacher=_teacher(config))
+                                   teacher=_teacher(config), axis_name=axis_name(config))
   build.model(config.model)  # A bad model section fails here, before the checkpoints exist.
   cfg_t = config.train
   batch_size = config.data.batch_size
@@ -541,7 +551,8 @@ def evaluate_splits(config: Config, workdir: str | pathlib.Path, splits: Sequenc
   first = next(iter(sources.values()))
   example = data_lib.load_split(data_lib.subset(first, np.arange(config.data.eval_batch_size)))
   objective = _per_token_totals(build.objective(config.objective, config.get('augment'),
-                                                tokenizer=tokenizer, teacher=_teacher(config)))
+                                                tokenizer=tokenizer, teacher=_teacher(config),
+                                                axis_name=axis_name(config)))
   state = initial_state(config, ft_cfg, 1, example)
   with checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints', read_only=True) as ckpt:
     kept = ckpt.has(ema.PATH, step)

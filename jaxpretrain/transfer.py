@@ -188,7 +188,8 @@ def cached_features(config: Config, workdir: str | pathlib.Path, *, split: str =
     logging.info('reading cached features from %s', cache)
     return {role: SplitFeatures(np.load(cache / f'{role}_features.npy'),
                                 np.load(cache / f'{role}_labels.npy')) for role in _ROLES}
-  objective = build.objective(config.objective, tokenizer=tokenizer)
+  objective = build.objective(config.objective, tokenizer=tokenizer,
+                              axis_name=loop.axis_name(config))
   engine = loop.make_engine(config.parallel.mode, objective, objective, state)
   placed = engine.place_state(state)
   label_key = config.objective.get('label_key', 'label')

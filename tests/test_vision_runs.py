@@ -8,6 +8,7 @@ import pytest
 from jaxpretrain import build, checkpoint, cli, config, loop
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.errors import ConfigError
+from tests.helpers import assert_trees_close
 
 # A hundred real Fashion-MNIST images and no validation pass keep these runs to seconds.
 SPLITS = ['--config.data.train_split=train[:128]', '--config.data.validation_split=']
@@ -81,6 +82,26 @@ def test_linear_probe_of_the_simclr_encoder_through_the_cli(simclr_run, tmp_path
   result = json.loads((tmp_path / 'transfer_linear_probe.json').read_text())
   assert result['pretrained'] == str(simclr_run)
   assert 0.0 <= result['accuracy'] <= 1.0 and 0.0 <= result['macro_f1'] <= 1.0
+
+
+def test_a_pmap_simclr_run_draws_its_negatives_from_every_device(tmp_path):
+  # Two images per device: negatives from one device alone would train another model.
+  # No augmentation: under pmap each device draws its own.
+  for mode in ('mesh', 'pmap'):
+    _run('pretrain', 'configs/fashion_mnist_simclr.py:tiny', tmp_path / mode, *SPLITS,
+         f'--config.parallel.mode={mode}', '--config.augment.name=none')
+  for restore in (checkpoint.restore_params, checkpoint.restore_model_state):
+    assert_trees_close(restore(tmp_path / 'mesh'), restore(tmp_path / 'pmap'), atol=1e-4,
+                       rtol=1e-4)
+
+
+def test_a_pmap_evaluation_of_mae_masks_the_patches_a_mesh_one_does(mae_run):
+  cfg = config.load('configs/fashion_mnist_mae.py:tiny')
+  losses = {}
+  for mode in ('mesh', 'pmap'):
+    cfg.parallel.mode = mode
+    losses[mode] = loop.evaluate_splits(cfg, mae_run, ['test[:64]'], step='latest')['test[:64]']
+  np.testing.assert_allclose(losses['pmap']['loss'], losses['mesh']['loss'], rtol=1e-5)
 
 
 def test_fine_tuning_with_mixup_trains(tmp_path):

@@ -52,18 +52,20 @@ def num_masked_patches(num_patches: int, mask_ratio: float) -> int:
   return int(round(num_patches * mask_ratio))
 
 
-def random_patch_masks(rng: jax.Array, batch_size: int, num_patches: int,
-                       num_masked: int) -> tuple[jax.Array, jax.Array]:
+def random_patch_masks(rng: jax.Array, batch_size: int, num_patches: int, num_masked: int,
+                       first_index: jax.Array | int = 0) -> tuple[jax.Array, jax.Array]:
   """Per-example random masks of exactly `num_masked` patches.
 
-  Example i draws from `fold_in(rng, i)`, so its mask does not depend on the
-  batch size (padding appended to a batch leaves the others' masks alone).
+  Example i draws from `fold_in(rng, first_index + i)`, so its mask does not
+  depend on the batch size (padding appended to a batch leaves the others'
+  masks alone) nor, with `first_index` its place in the global batch, on how
+  the batch is split between devices.
 
   Returns:
     `visible_BxK` int32, the K = N - `num_masked` visible patches of each
     example in increasing order, and `masked_BxN`, True at masked patches.
   """
-  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch_size))
+  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(first_index + jnp.arange(batch_size))
   perm_BxN = jax.vmap(lambda k: jax.random.permutation(k, num_patches))(keys)
   visible_BxK = jnp.sort(perm_BxN[:, :num_patches - num_masked], axis=1).astype(jnp.int32)
   rows_BxK = jnp.broadcast_to(jnp.arange(batch_size)[:, None], visible_BxK.shape)
@@ -72,8 +74,8 @@ def random_patch_masks(rng: jax.Array, batch_size: int, num_patches: int,
 
 
 def masked_image_modeling(*, patch_size: int, mask_ratio: float = 0.75,
-                          norm_pix_loss: bool = True, image_key: str = 'image',
-                          eps: float = 1e-6) -> Objective:
+                          norm_pix_loss: bool = True, axis_name: str | None = None,
+                          image_key: str = 'image', eps: float = 1e-6) -> Objective:
   """Mean squared error of a masked autoencoder's pixel predictions on the masked patches.
 
   Each example hides a random `round(N * mask_ratio)` of its N patches (drawn
@@ -88,6 +90,9 @@ def masked_image_modeling(*, patch_size: int, mask_ratio: float = 0.75,
       is masked and one stays visible.
     norm_pix_loss: targets are each patch's pixels standardised by that patch's
       own mean and variance (MAE's better-representations variant), else raw.
+    axis_name: the pmap axis, or None: each device then numbers its examples by
+      their place in the global batch, so evaluation masks the same patches as
+      on one device.
     image_key: batch key of the images.
     eps: added to the patch variance before standardising.
 
@@ -108,7 +113,8 @@ def masked_image_modeling(*, patch_size: int, mask_ratio: float = 0.75,
     if not 0 < num_masked < n:
       raise ConfigError(f'mask_ratio={mask_ratio} masks {num_masked} of {n} patches; at least '
                         f'one must be masked and one visible')
-    visible_BxK, masked_BxN = random_patch_masks(mask_rng, b, n, num_masked)
+    first_index = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
+    visible_BxK, masked_BxN = random_patch_masks(mask_rng, b, n, num_masked, first_index)
     outputs, metrics = call_model(apply_fn, params,
                                   {**batch, 'image': image, _VISIBLE_PATCHES: visible_BxK},
                                   model_rng, model_state=model_state, train=train)
