@@ -235,6 +235,7 @@ def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
   """A classifier's labels must be there (not `data.unlabelled`) and index its outputs.
 
   Out-of-range labels would not fail: the loss would quietly read a wrong logit.
+  FixMatch's `UNLABELLED` marks are not labels and are not checked.
   The labels of the sources held in memory are checked, then the classes the
   dataset declares, which covers a lazy source without decoding it whole.
   """
@@ -243,11 +244,15 @@ def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
                             f'{config.objective.name} objective learns from; '
                             f'{_INSTEAD_OF_NO_LABELS[config.objective.name]}')
   classes = config.model.get('num_classes')
-  if config.objective.name != 'classification' or not classes:
+  if config.objective.name not in _INSTEAD_OF_NO_LABELS or not classes:
     return
   for source in sources:
     labels = getattr(source, 'arrays', {}).get('label')
-    if labels is None or labels.ndim != 1 or not len(labels):
+    if labels is None or labels.ndim != 1:
+      continue
+    if config.objective.name == 'fixmatch':
+      labels = labels[labels != data_lib.UNLABELLED]
+    if not len(labels):
       continue
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= classes:

@@ -12,6 +12,7 @@ from tests.helpers import assert_trees_close
 
 PRETRAIN = 'configs/fashion_mnist_pretrain.py:tiny'
 FINETUNE = 'configs/fashion_mnist_finetune.py:tiny'
+FIXMATCH = 'configs/fashion_mnist_fixmatch.py:tiny'
 
 
 def _config(spec, *overrides):
@@ -32,17 +33,19 @@ def test_override_types_are_checked_and_converted():
     _config(PRETRAIN, 'train.epochs=many')
 
 
-def test_labels_beyond_num_classes_are_refused_before_training(tmp_path):
-  config = _config(FINETUNE, 'model.num_classes=7')
+@pytest.mark.parametrize('spec', [FINETUNE, FIXMATCH])
+def test_labels_beyond_num_classes_are_refused_before_training(tmp_path, spec):
+  config = _config(spec, 'model.num_classes=7')
   with pytest.raises(ConfigError, match=r'labels of .fashion_mnist. run from 0 to 9.*'
                                         r'model.num_classes=7.*model.num_classes=10'):
     loop.train(config, tmp_path, progress=False)
   assert not (tmp_path / 'checkpoints').exists()
 
 
+@pytest.mark.parametrize('spec', [FINETUNE, FIXMATCH])
 def test_a_dataset_with_more_classes_than_outputs_is_refused_without_reading_its_labels(
-    tmp_path):
-  config = _config(FINETUNE, 'model.num_classes=7', 'data.in_memory=False')
+    tmp_path, spec):
+  config = _config(spec, 'model.num_classes=7', 'data.in_memory=False')
   with pytest.raises(ConfigError, match=r"'fashion_mnist' has 10 classes.*"
                                         r'model.num_classes=7.*model.num_classes=10'):
     loop.train(config, tmp_path, progress=False)
