@@ -235,9 +235,9 @@ def _check_labels(config: Config, *sources: data_lib.Source | None) -> None:
   """A classifier's labels must be there (not `data.unlabelled`) and index its outputs.
 
   Out-of-range labels would not fail: the loss would quietly read a wrong logit.
-  FixMatch's `UNLABELLED` marks are not labels and are not checked.
-  The labels of the sources held in memory are checked, then the classes the
-  dataset declares, which covers a lazy source without decoding it whole.
+  The labels of the sources held in memory are checked (FixMatch's `UNLABELLED`
+  marks aside), then the classes the dataset declares, which covers a lazy
+  source without decoding it whole.
   """
   if config.data.get('unlabelled') and config.objective.name in _INSTEAD_OF_NO_LABELS:
     raise build.ConfigError(f'data.unlabelled=True drops the training labels the '
