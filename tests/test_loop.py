@@ -137,6 +137,12 @@ def test_labelled_subset_is_validated_on_held_out_labels_or_else_the_validation_
   np.testing.assert_array_equal(np.bincount(labels), [4] * 10)
 
 
+def test_an_unknown_recipe_variant_names_the_known_ones(capsys):
+  assert cli.main(['recipe', '--config', 'configs/fashion_mnist_recipe.py:simcrl',
+                   '--workdir', 'unused']) == 2
+  assert "no variant 'simcrl'; its variants are :tiny, :simclr" in capsys.readouterr().err
+
+
 def test_report_says_where_a_labelled_subset_is_validated():
   recipe = config_lib.load('configs/fashion_mnist_recipe.py:tiny')
   assert '4 training + 2 validation images per class' in report._budget(recipe, 'images')
@@ -169,10 +175,15 @@ def test_lora_finetune_resumes_bitwise_and_its_manifest_names_source_and_chain(t
   assert manifest['finetune'][2]['rank'] == 2
 
 
-def test_recipe_writes_report_with_both_accuracies(tmp_path):
-  assert cli.main(['recipe', '--config', 'configs/fashion_mnist_recipe.py:tiny',
+@pytest.mark.parametrize('variant, pretraining', [('tiny', 'Rotation-prediction'),
+                                                  ('simclr_tiny', 'SimCLR')])
+def test_recipe_writes_report_with_both_accuracies(tmp_path, variant, pretraining):
+  assert cli.main(['recipe', '--config', f'configs/fashion_mnist_recipe.py:{variant}',
                    '--workdir', str(tmp_path), '--no-progress']) == 0
   written = (tmp_path / 'report.md').read_text()
+  assert f'{pretraining} pre-training on the 60,000 training images' in written
+  objective = checkpoint.read_manifest(tmp_path / 'pretrain')['config']['objective']['name']
+  assert objective == {'tiny': 'rotation_prediction', 'simclr_tiny': 'simclr'}[variant]
   assert 'fine-tuned from pre-training' in written and 'from scratch' in written
   assert (tmp_path / 'curves.png').stat().st_size > 1000
   assert '| finetune/lr=0.0003 (chosen) |' in written and '| scratch/lr=0.001 (chosen) |' in written
