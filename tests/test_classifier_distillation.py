@@ -75,12 +75,35 @@ class _BatchNormTeacher(nn.Module):
     return {'logits': nn.Dense(K)(x)}
 
 
-def test_a_teacher_with_batch_norm_statistics_is_a_clear_error():
+def _batch_norm_teacher():
+  """A teacher whose BatchNorm statistics are those of a shifted, scaled batch, not the init's."""
   teacher = _BatchNormTeacher()
   variables = teacher.init(jax.random.PRNGKey(0), {'image': IMAGES})
+  for _ in range(5):
+    _, updates = teacher.apply(variables, {'image': 3.0 * IMAGES + 1.0}, train=True,
+                               mutable=['batch_stats'])
+    variables = {**variables, **updates}
+  return teacher, variables
+
+
+def test_a_batch_norm_teacher_predicts_on_its_statistics_in_inference_mode():
+  teacher, variables = _batch_norm_teacher()
   obj = objectives.classifier_distillation(make_apply_fn(teacher))
-  params = {'w': jnp.zeros((P, K)), 'teacher': variables['params']}
-  with pytest.raises(ConfigError, match='BatchNorm'):
+  params = {'w': jnp.zeros((P, K)), objectives.TEACHER: variables['params'],
+            objectives.TEACHER_STATE: {'batch_stats': variables['batch_stats']}}
+  _, metrics = obj(linear_apply, params, {'image': IMAGES}, jax.random.PRNGKey(0), train=True)
+  expected = teacher.apply(variables, {'image': IMAGES}, train=False)['logits']
+  without_statistics = teacher.apply({**variables, 'batch_stats': jax.tree.map(
+      jnp.zeros_like, variables['batch_stats'])}, {'image': IMAGES}, train=False)['logits']
+  assert not np.allclose(expected, without_statistics, atol=1e-3)  # The statistics matter.
+  np.testing.assert_allclose(metrics['soft_loss'], _kl(expected, jnp.zeros((B, K))), rtol=1e-5)
+
+
+def test_a_batch_norm_teacher_without_its_statistics_is_a_clear_error():
+  teacher, variables = _batch_norm_teacher()
+  obj = objectives.classifier_distillation(make_apply_fn(teacher))
+  params = {'w': jnp.zeros((P, K)), objectives.TEACHER: variables['params']}
+  with pytest.raises(ConfigError, match="BatchNorm.*under 'teacher_state'"):
     obj(linear_apply, params, {'image': IMAGES}, jax.random.PRNGKey(0), train=True)
 
 
@@ -136,6 +159,22 @@ def test_a_distilled_student_trains_from_its_frozen_teacher(teacher, tmp_path):
   moved = [p for p, v in tree_lib.flatten({k: v for k, v in saved.items() if k != 'teacher'}).items()
            if not np.array_equal(v, theirs[p])]
   assert moved  # The student started as the teacher and learned.
+
+
+def test_a_resnet_teacher_is_distilled_on_its_own_batch_norm_statistics(tmp_path):
+  _run('finetune', 'configs/fashion_mnist_finetune.py:resnet_tiny', tmp_path / 'teacher',
+       '--config.data.train_split=train[:256]')
+  teacher = tmp_path / 'teacher'
+  _run('finetune', 'configs/fashion_mnist_distil.py:resnet_tiny', tmp_path / 'student',
+       f'--config.finetune.teacher={teacher}', f'--config.finetune.pretrained={teacher}')
+  params = checkpoint.restore_params(tmp_path / 'student')
+  theirs = checkpoint.restore_model_state(teacher, step='best')['batch_stats']
+  ours = params[objectives.TEACHER_STATE]['batch_stats']
+  assert tree_lib.flatten(theirs).keys() == tree_lib.flatten(ours).keys()
+  for path, value in tree_lib.flatten(theirs).items():
+    np.testing.assert_array_equal(tree_lib.flatten(ours)[path], value, err_msg=path)
+  records = loop.read_metrics(tmp_path / 'student')
+  assert all(np.isfinite(r['soft_loss']) for r in records)
 
 
 def test_unlabelled_data_for_a_classification_objective_is_refused(tmp_path):

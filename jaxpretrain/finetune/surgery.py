@@ -260,12 +260,24 @@ def new_head(pattern: str = 'head/.*') -> Transform:
   return t._replace(spec=({'name': 'new_head', 'pattern': pattern},))
 
 
+def read_variables(source: Source, step: int | str | None = None) -> dict[str, Any]:
+  """A source's parameters and its non-empty model state: `{'params': ..., 'batch_stats': ...}`."""
+  from jaxpretrain import convert  # Imported here: only needed for paths.
+  if isinstance(source, str) and convert.is_hf_directory(source):
+    variables = dict(convert.hf_variables(source))  # One conversion for every collection.
+  else:
+    variables = {'params': read_source(source, step), **read_model_state(source, step)}
+  return {name: tree for name, tree in variables.items() if jax.tree.leaves(tree)}
+
+
 def with_teacher(source: Source, *, step: int | str | None = None,
                  key: str = 'teacher') -> Transform:
   """Adds a frozen teacher's parameters under `key` (for `objectives.distillation`).
 
   The teacher then lives in the train state's frozen parameters: placed and
-  sharded with the student's, never updated, with no optimizer state.
+  sharded with the student's, never updated, with no optimizer state. A
+  teacher with model state (BatchNorm statistics) keeps it, frozen too, under
+  `key + '_state'`: it predicts in inference mode, on those statistics.
 
   Args:
     source: as for `from_pretrained`: a run's work directory, a Hugging Face
@@ -273,12 +285,17 @@ def with_teacher(source: Source, *, step: int | str | None = None,
     step: checkpoint step of a work directory: an int, 'best' or 'latest'.
     key: top-level key of the teacher's subtree.
   """
+  state_key = key + '_state'
 
   def init(params, rng):
-    if key in params:
-      raise ValueError(f'parameters already hold a {key!r} subtree')
-    return {**params, key: jax.tree.map(jnp.asarray, dict(read_source(source, step)))}
+    for taken in (key, state_key):
+      if taken in params:
+        raise ValueError(f'parameters already hold a {taken!r} subtree')
+    variables = jax.tree.map(jnp.asarray, read_variables(source, step))
+    state = {name: tree for name, tree in variables.items() if name != 'params'}
+    return {**params, key: variables['params'], **({state_key: state} if state else {})}
 
-  trainable = trainable_where([(re.escape(key) + '/.*', False), ('.*', True)], 'with_teacher')
+  frozen = f'({re.escape(key)}|{re.escape(state_key)})/.*'
+  trainable = trainable_where([(frozen, False), ('.*', True)], 'with_teacher')
   return make_transform('with_teacher', init=init, trainable=trainable,
                         source=_source_spec(source), step=step)

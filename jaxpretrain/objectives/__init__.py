@@ -2,8 +2,8 @@
 
 from jaxpretrain.objectives.common import (Objective, call_model, example_weights, weighted_mean,
                                            with_augmentation)
-from jaxpretrain.objectives.distillation import (TEACHER, classifier_distillation,
-                                                 soft_cross_entropy)
+from jaxpretrain.objectives.distillation import (TEACHER, TEACHER_STATE,
+                                                 classifier_distillation, soft_cross_entropy)
 from jaxpretrain.objectives.language import (TokenTask, causal_lm, clm_task, distillation,
                                              masked_lm, mlm_task, token_objective)
 from jaxpretrain.objectives.reconstruction import corrupt, denoising

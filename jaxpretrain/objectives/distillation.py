@@ -1,7 +1,8 @@
 """Distillation from a frozen teacher: the soft loss, and a classifier's distillation.
 
 The teacher's parameters are the `teacher` subtree of the parameter tree
-(`finetune.with_teacher`), so they are placed and sharded like the student's and
+(`finetune.with_teacher`), and its BatchNorm statistics, if it has any, the
+`teacher_state` subtree, so they are placed and sharded like the student's and
 get no gradient or optimizer state. The language models' distillation (a
 token task's soft targets) is `objectives.language.distillation`.
 """
@@ -20,15 +21,16 @@ from jaxpretrain.objectives.common import (Batch, Objective, augment_images, cal
 from jaxpretrain.state import ApplyFn
 
 TEACHER = 'teacher'  # Key of a frozen teacher's parameters in the parameter tree.
+TEACHER_STATE = TEACHER + '_state'  # Key of its other collections (BatchNorm statistics).
 
 
-def split_teacher(params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
-  """The student's parameters and the teacher's, from one parameter tree."""
+def split_teacher(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The student's parameters and the teacher's variables, from one parameter tree."""
   params = dict(params)
   if TEACHER not in params:
     raise ValueError(f"distillation needs the teacher's parameters under {TEACHER!r} in the "
                      "parameter tree; add them with finetune.with_teacher(...)")
-  return params, params.pop(TEACHER)
+  return params, {'params': params.pop(TEACHER), **params.pop(TEACHER_STATE, {})}
 
 
 def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,
@@ -43,15 +45,17 @@ def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,
   return temperature ** 2 * jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1)
 
 
-def teacher_logits(teacher_apply_fn: ApplyFn, teacher_params: Any, inputs: Batch) -> jax.Array:
+def teacher_logits(teacher_apply_fn: ApplyFn, teacher_variables: Mapping[str, Any],
+                   inputs: Batch) -> jax.Array:
   """The frozen teacher's logits for `inputs`, in inference mode."""
   try:
-    outputs = teacher_apply_fn({'params': jax.lax.stop_gradient(teacher_params)}, inputs,
+    outputs = teacher_apply_fn(jax.lax.stop_gradient(dict(teacher_variables)), inputs,
                                train=False)
   except flax.errors.ScopeCollectionNotFound as e:
-    raise ConfigError('the teacher keeps statistics besides its parameters (BatchNorm), which '
-                      'a distillation teacher does not carry; distil from a teacher with group '
-                      f'or layer normalisation ({e})') from e
+    raise ConfigError('the teacher keeps statistics besides its parameters (BatchNorm), but '
+                      f'none came with it; give finetune.with_teacher its run or Hugging Face '
+                      f'directory, which holds them, or put them under {TEACHER_STATE!r} in the '
+                      f'parameter tree ({e})') from e
   return outputs['logits']
 
 
@@ -84,8 +88,8 @@ def classifier_distillation(teacher_apply_fn: ApplyFn, *,
   """
 
   def objective(apply_fn, params, batch, rng, *, model_state=None, train=True):
-    student_params, teacher_params = split_teacher(params)
-    teacher_BxK = teacher_logits(teacher_apply_fn, teacher_params, batch)
+    student_params, teacher_variables = split_teacher(params)
+    teacher_BxK = teacher_logits(teacher_apply_fn, teacher_variables, batch)
     if train and augment is not None:
       aug_rng, rng = jax.random.split(rng)
       batch = {**batch, image_key: augment_images(augment, batch[image_key], aug_rng)}

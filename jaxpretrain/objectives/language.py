@@ -192,13 +192,13 @@ def distillation(task: TokenTask, teacher_apply_fn: ApplyFn, *, temperature: flo
   """
 
   def objective(apply_fn, params, batch, rng, *, model_state=None, train=True):
-    student_params, teacher_params = split_teacher(params)
+    student_params, teacher_variables = split_teacher(params)
     # The soft loss needs the student's logits.
     inputs, logits_BxNxV, weights_BxN, hard, metrics = _predict(
         task, apply_fn, student_params, batch, rng, model_state=model_state, train=train,
         fused=False)
     soft = mean_over(soft_cross_entropy(logits_BxNxV,
-                                        teacher_logits(teacher_apply_fn, teacher_params, inputs),
+                                        teacher_logits(teacher_apply_fn, teacher_variables, inputs),
                                         temperature),
                      weights_BxN)
     loss = alpha * soft + (1.0 - alpha) * hard
