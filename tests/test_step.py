@@ -3,7 +3,9 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
+from jaxpretrain.errors import ConfigError
 from jaxpretrain.finetune import create_state, identity
 from jaxpretrain.models import Autoencoder, ConvDecoder, ConvEncoder
 from jaxpretrain.objectives import classification, denoising
@@ -58,6 +60,19 @@ def test_denoising_autoencoder_shapes_and_learning():
     state, metrics = step(state, BATCH)
   assert np.isfinite(metrics['loss'])
   assert float(evaluate(state, BATCH)['loss']) < 0.5 * before
+
+
+@pytest.mark.parametrize('out_size, out_channels', [(6, 1), (8, 3)])
+def test_a_reconstruction_of_another_shape_than_the_images_is_a_config_error(
+    out_size, out_channels):
+  model = Autoencoder(ConvEncoder(stages=((4,), (8,)), norm=None),
+                      ConvDecoder(widths=(4,), out_size=out_size, out_channels=out_channels))
+  state = _state(model)
+  height, width, channels = BATCH['image'].shape[1:]
+  with pytest.raises(ConfigError, match=rf'reconstructs images of shape \({out_size}, '
+                                        rf'{out_size}, {out_channels}\).*out_size=\({height}, '
+                                        rf'{width}\) and out_channels={channels}'):
+    make_eval_step(denoising())(state, BATCH)
 
 
 def test_step_returns_new_state_and_leaves_old_untouched():

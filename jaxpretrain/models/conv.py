@@ -32,12 +32,24 @@ def space_to_depth(x_BxHxWxC: jax.Array, block: int = 2) -> jax.Array:
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // block, w // block, block * block * c)
 
 
-def depth_to_space(x_BxhxwxD: jax.Array, block: int) -> jax.Array:
-  """The inverse of `space_to_depth`: (B, h, w, b*b*C) -> (B, h*b, w*b, C)."""
+def depth_to_space(x_BxhxwxD: jax.Array, block: int | tuple[int, int]) -> jax.Array:
+  """The inverse of `space_to_depth`: (B, h, w, p*q*C) -> (B, h*p, w*q, C).
+
+  `block` is the (p, q) block of pixels each location holds, or p for (p, p).
+  """
+  p, q = image_size(block)
   b, h, w, d = x_BxhxwxD.shape
-  c = d // (block * block)
-  x = x_BxhxwxD.reshape(b, h, w, block, block, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h * block, w * block, c)
+  c = d // (p * q)
+  x = x_BxhxwxD.reshape(b, h, w, p, q, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * p, w * q, c)
+
+
+def image_size(size: int | Sequence[int]) -> tuple[int, int]:
+  """`(height, width)` from a size given as both or as one side of a square."""
+  if isinstance(size, int):
+    return size, size
+  height, width = size
+  return int(height), int(width)
 
 
 class ConvEncoder(nn.Module):
@@ -100,11 +112,11 @@ class ConvDecoder(nn.Module):
   Attributes:
     widths: channels of each upsampling stage, from the deepest.
     out_channels: channels of the reconstructed image.
-    out_size: height and width of the reconstructed image.
+    out_size: `(height, width)` of the reconstructed image, or the side of a square one.
   """
   widths: Sequence[int] = (64, 32)
   out_channels: int = 1
-  out_size: int = 28
+  out_size: int | tuple[int, int] = 28
 
   @nn.compact
   def __call__(self, feature_map_BxhxwxC: jax.Array, *, train: bool = False) -> jax.Array:
@@ -112,36 +124,38 @@ class ConvDecoder(nn.Module):
     for s, width in enumerate(self.widths):
       x = nn.relu(nn.ConvTranspose(width, (3, 3), strides=(2, 2), name=f'up{s}')(x))
     x = nn.Conv(self.out_channels, (3, 3), name='out')(x)
-    return jax.image.resize(x, (x.shape[0], self.out_size, self.out_size, self.out_channels),
+    return jax.image.resize(x, (x.shape[0], *image_size(self.out_size), self.out_channels),
                             'bilinear')
 
 
 class PixelShuffleDecoder(nn.Module):
   """Feature map back to an image: an MLP at each location predicts its block of pixels.
 
-  A map of h x w locations becomes `out_size // h`-pixel square blocks (then
-  resized if they do not tile `out_size` exactly), as MAE's decoder head does
-  for its patches. Only matrix products: on a CPU its gradient costs a small
+  A map of h x w locations becomes blocks of `H / h` by `W / w` pixels, rounded
+  up (then resized if they do not tile the H x W image exactly), as MAE's
+  decoder head does for its patches. Only matrix products: on a CPU its gradient costs a small
   fraction of `ConvDecoder`'s transposed convolutions (0.1 s against 15 s from a
   7x7x128 map to 28x28, batch 256, one core).
 
   Attributes:
     hidden: width of the MLP's hidden layer (0: a single linear layer).
     out_channels: channels of the reconstructed image.
-    out_size: height and width of the reconstructed image.
+    out_size: `(height, width)` of the reconstructed image, or the side of a square one.
   """
   hidden: int = 256
   out_channels: int = 1
-  out_size: int = 28
+  out_size: int | tuple[int, int] = 28
 
   @nn.compact
   def __call__(self, feature_map_BxhxwxD: jax.Array, *, train: bool = False) -> jax.Array:
     b, h, w, _ = feature_map_BxhxwxD.shape
-    block = max(1, -(-self.out_size // h))  # Ceiling: blocks cover the image, then resize.
+    height, width = image_size(self.out_size)
+    # Ceilings: the blocks cover the image, then it is resized.
+    block = max(1, -(-height // h)), max(1, -(-width // w))
     x = feature_map_BxhxwxD
     if self.hidden:
       x = nn.gelu(nn.Dense(self.hidden, name='hidden')(x))
-    x = depth_to_space(nn.Dense(block * block * self.out_channels, name='pixels')(x), block)
-    if x.shape[1:3] != (self.out_size, self.out_size):
-      x = jax.image.resize(x, (b, self.out_size, self.out_size, self.out_channels), 'bilinear')
+    x = depth_to_space(nn.Dense(block[0] * block[1] * self.out_channels, name='pixels')(x), block)
+    if x.shape[1:3] != (height, width):
+      x = jax.image.resize(x, (b, height, width, self.out_channels), 'bilinear')
     return x

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from jaxpretrain.errors import ConfigError
 from jaxpretrain.objectives.common import Objective, call_model, weighted_mean
 
 
@@ -35,7 +36,13 @@ def denoising(*, noise_std: float = 0.3, drop_prob: float = 0.25,
                  if train else image)
     outputs, metrics = call_model(apply_fn, params, {**batch, 'corrupted': corrupted},
                                   model_rng, model_state=model_state, train=train)
-    err = (outputs['reconstruction'].astype(jnp.float32) - image) ** 2
+    reconstruction = outputs['reconstruction'].astype(jnp.float32)
+    if reconstruction.shape != image.shape:  # Broadcasting would hide a channel mismatch.
+      *_, height, width, channels = image.shape
+      raise ConfigError(f'the decoder reconstructs images of shape {reconstruction.shape[1:]}, '
+                        f'but the batch holds {image.shape[1:]}: give the decoder '
+                        f'out_size=({height}, {width}) and out_channels={channels}')
+    err = (reconstruction - image) ** 2
     loss = weighted_mean(jnp.mean(err.reshape(err.shape[0], -1), axis=-1), batch)
     return loss, {**metrics, 'loss': loss}
 

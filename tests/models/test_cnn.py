@@ -11,7 +11,8 @@ import torch
 import transformers
 
 from jaxpretrain import convert
-from jaxpretrain.models import (Classifier, ConvEncoder, PixelShuffleDecoder, depth_to_space,
+from jaxpretrain.models import (Classifier, ConvDecoder, ConvEncoder, PixelShuffleDecoder,
+                                depth_to_space,
                                 init_variables, make_apply_fn, space_to_depth, sync_batch_norm)
 from jaxpretrain.models.inception import InceptionV1, inception
 from jaxpretrain.models.resnet import ResNet, resnet
@@ -277,6 +278,23 @@ def test_depth_to_space_inverts_space_to_depth():
   folded = space_to_depth(x, 4)
   assert folded.shape == (2, 2, 3, 48)
   np.testing.assert_array_equal(depth_to_space(folded, 4), x)
+
+
+def test_depth_to_space_unfolds_rectangular_blocks_in_row_major_order():
+  x = np.arange(2 * 3 * 6 * 4, dtype=np.float32).reshape(2, 3, 6, 4)
+  out = depth_to_space(x, (1, 4))  # Each location holds a 1 x 4 strip of one channel.
+  assert out.shape == (2, 3, 24, 1)
+  np.testing.assert_array_equal(out[1, 2, 8:12, 0], x[1, 2, 2])
+
+
+@pytest.mark.parametrize('decoder', [PixelShuffleDecoder(hidden=8, out_size=(12, 20)),
+                                     PixelShuffleDecoder(hidden=0, out_size=(14, 20)),
+                                     ConvDecoder(widths=(4,), out_size=(12, 20))])
+def test_decoders_rebuild_a_rectangular_image(decoder):
+  feature_map = jnp.ones((2, 3, 5, 16))  # 4 x 4 blocks tile 12 x 20; 14 x 20 is resized.
+  variables = decoder.init(KEY, feature_map)
+  out = decoder.apply(variables, feature_map)
+  assert out.shape == (2, *decoder.out_size, 1) and np.isfinite(np.asarray(out)).all()
 
 
 @pytest.mark.parametrize('side', [7, 4, 3])
