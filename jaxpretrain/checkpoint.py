@@ -22,7 +22,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from jaxpretrain import ema
 from jaxpretrain import tree as tree_lib
-from jaxpretrain.errors import CheckpointMismatchError
+from jaxpretrain.errors import CheckpointMismatchError, MissingFileError
 
 VERSION = '0.1.0'
 StepSpec = int | str | None
@@ -145,7 +145,7 @@ class Checkpointer:
     resolved = {None: self.latest_step, 'latest': self.latest_step,
                 'best': self.best_step}.get(step, lambda: step)()
     if resolved is None or resolved not in self.all_steps():
-      raise FileNotFoundError(f'no checkpoint {step or "at all"} in {self.directory}; '
+      raise MissingFileError(f'no checkpoint {step or "at all"} in {self.directory}; '
                               f'saved steps: {self.all_steps()}')
     return int(resolved)
 
@@ -232,7 +232,7 @@ def open_checkpoints(path: str | os.PathLike) -> Checkpointer:
   """Opens a work directory's (or a checkpoint folder's) checkpoints read-only."""
   directory = checkpoint_dir(path)
   if not directory.is_dir():
-    raise FileNotFoundError(f'no checkpoint folder at {directory}; pass the work directory '
+    raise MissingFileError(f'no checkpoint folder at {directory}; pass the work directory '
                             'of a run (it holds checkpoints/).')
   return Checkpointer(directory, read_only=True)
 

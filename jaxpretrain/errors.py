@@ -15,3 +15,7 @@ class CheckpointMismatchError(JaxpretrainError, ValueError):
 
 class BatchError(JaxpretrainError, ValueError):
   """A batch that cannot be placed on the devices or fed to the step."""
+
+
+class MissingFileError(JaxpretrainError, FileNotFoundError):
+  """A checkpoint, weights file or folder named by a run that is not where it was named."""

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxpretrain import build, checkpoint, ema, parallel
+from jaxpretrain import build, checkpoint, convert, ema, parallel
 from jaxpretrain import data as data_lib
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.data import text_runs
@@ -331,6 +331,13 @@ def _check_average_kept(ckpt: checkpoint.Checkpointer, decay: float) -> None:
         'train in a new work directory. Nothing was changed on disk.')
 
 
+def _check_pretrained(ft_cfg: Config | None) -> None:
+  """`finetune.pretrained` must name a run or a Hugging Face directory before a run writes."""
+  source = (ft_cfg or {}).get('pretrained', '')
+  if source and not convert.is_hf_directory(source):
+    checkpoint.open_checkpoints(source).close()
+
+
 def _checkpointer(config: Config, workdir: pathlib.Path, kind: str, *,
                   save_every: int) -> checkpoint.Checkpointer:
   cfg = config.checkpoint
@@ -399,6 +406,8 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
                             'training examples; lower it.')
   total = cfg_t.get('steps', 0) or cfg_t.epochs * steps_per_epoch
   eval_every = cfg_t.get('eval_every_steps', 0) or steps_per_epoch
+  if not (workdir / 'checkpoints').is_dir():  # A resumed run reads its own checkpoint instead.
+    _check_pretrained(config.get('finetune'))
   ckpt = _checkpointer(config, workdir, kind, save_every=eval_every)
   resuming = ckpt.latest_step() is not None
   if resuming:

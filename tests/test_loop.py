@@ -71,6 +71,14 @@ def test_cli_unknown_key_exits_with_message(tmp_path, capsys):
   assert "unknown config key 'train.epoch'" in capsys.readouterr().err
 
 
+def test_cli_a_missing_pretrained_run_exits_with_message(tmp_path, capsys):
+  code = cli.main(['finetune', '--config', FINETUNE, '--workdir', str(tmp_path / 'ft'),
+                   f'--config.finetune.pretrained={tmp_path / "nowhere"}', '--no-progress'])
+  assert code == 2
+  assert f'no checkpoint folder at {tmp_path / "nowhere"}' in capsys.readouterr().err
+  assert not (tmp_path / 'ft' / 'checkpoints').exists()
+
+
 @pytest.mark.parametrize('mode', ['mesh', 'pmap', 'single'])
 def test_pretrain_runs_logs_and_checkpoints(tmp_path, mode):
   summary = loop.train(_config(PRETRAIN, f'parallel.mode={mode}'), tmp_path, progress=False)

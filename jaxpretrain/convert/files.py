@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
+from jaxpretrain.errors import MissingFileError
+
 # Weight files in the order `transformers` prefers them; an index names the shards.
 _WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
                  'pytorch_model.bin.index.json')
@@ -33,7 +35,7 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
   """The `config.json` of a Hugging Face model directory, as a dict."""
   path = pathlib.Path(directory) / 'config.json'
   if not path.is_file():
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'no config.json in {directory}; pass a directory written by a Hugging Face '
         "model's save_pretrained (or downloaded from the Hub), holding config.json and "
         'model.safetensors.')
@@ -49,13 +51,13 @@ def read_state_dict(directory: str | os.PathLike) -> dict[str, np.ndarray]:
   `*.index.json` lists.
 
   Raises:
-    FileNotFoundError: when the directory holds none of those files.
+    MissingFileError: when the directory holds none of those files.
     ImportError: for a `pytorch_model.bin` when PyTorch is not installed.
   """
   directory = pathlib.Path(directory)
   name = next((n for n in _WEIGHT_FILES if (directory / n).is_file()), None)
   if name is None:
-    raise FileNotFoundError(f'no weights in {directory}: expected one of {list(_WEIGHT_FILES)}.')
+    raise MissingFileError(f'no weights in {directory}: expected one of {list(_WEIGHT_FILES)}.')
   read = _read_safetensors if '.safetensors' in name else _read_torch_pickle
   if not name.endswith('.index.json'):
     return read(directory / name)

@@ -192,7 +192,7 @@ def load_hf(directory: str | os.PathLike, *, architecture: str | None = None
     the BatchNorm statistics under `batch_stats`.
 
   Raises:
-    FileNotFoundError: no `config.json` or no weights file.
+    MissingFileError: no `config.json` or no weights file.
     ConfigError: an unsupported `model_type`, architecture or option.
     CheckpointMismatchError: unknown, missing or wrongly shaped weights.
 

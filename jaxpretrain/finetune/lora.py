@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxpretrain import tree as tree_lib
-from jaxpretrain.errors import CheckpointMismatchError, ConfigError
+from jaxpretrain.errors import CheckpointMismatchError, ConfigError, MissingFileError
 from jaxpretrain.finetune.base import Params, Transform, chain, make_transform
 from jaxpretrain.finetune.masks import trainable_where
 from jaxpretrain.finetune.surgery import path_key, from_pretrained
@@ -190,7 +190,7 @@ def load_adapters(directory: str | os.PathLike) -> Transform:
   directory = pathlib.Path(directory).expanduser().absolute()
   meta_path = directory / 'adapters.json'
   if not meta_path.exists():
-    raise FileNotFoundError(f'no adapters.json in {directory}; pass a directory written by '
+    raise MissingFileError(f'no adapters.json in {directory}; pass a directory written by '
                             'finetune.export_adapters')
   meta = json.loads(meta_path.read_text())
   saved = meta['params']
