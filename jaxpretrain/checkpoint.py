@@ -144,9 +144,12 @@ class Checkpointer:
     """An int step from an int, 'latest' (or None) or 'best'."""
     resolved = {None: self.latest_step, 'latest': self.latest_step,
                 'best': self.best_step}.get(step, lambda: step)()
+    if not self.all_steps():
+      raise MissingFileError(f'{self.directory} holds no checkpoint yet; train a run there '
+                             'first, or pass the work directory of one that saved some')
     if resolved is None or resolved not in self.all_steps():
       raise MissingFileError(f'no checkpoint {step or "at all"} in {self.directory}; '
-                              f'saved steps: {self.all_steps()}')
+                             f'saved steps: {self.all_steps()}')
     return int(resolved)
 
   def should_save(self, step: int) -> bool:

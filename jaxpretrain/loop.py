@@ -568,7 +568,7 @@ def evaluate_splits(config: Config, workdir: str | pathlib.Path, splits: Sequenc
                                                 tokenizer=tokenizer, teacher=_teacher(config),
                                                 axis_name=axis_name(config)))
   state = initial_state(config, ft_cfg, 1, example)
-  with checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints', read_only=True) as ckpt:
+  with checkpoint.open_checkpoints(workdir) as ckpt:
     kept = ckpt.has(ema.PATH, step)
     if ema.KEY in state.extra and not kept:
       raise build.ConfigError(

@@ -79,6 +79,15 @@ def test_cli_a_missing_pretrained_run_exits_with_message(tmp_path, capsys):
   assert not (tmp_path / 'ft' / 'checkpoints').exists()
 
 
+def test_cli_evaluating_where_no_run_saved_a_checkpoint_exits_with_message(tmp_path, capsys):
+  args = ['evaluate', '--config', FINETUNE, '--split', 'test[:8]']
+  assert cli.main([*args, '--workdir', str(tmp_path / 'nowhere')]) == 2
+  assert f'no checkpoint folder at {tmp_path / "nowhere"}' in capsys.readouterr().err
+  (tmp_path / 'empty' / 'checkpoints').mkdir(parents=True)
+  assert cli.main([*args, '--workdir', str(tmp_path / 'empty')]) == 2
+  assert 'empty/checkpoints holds no checkpoint yet' in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('mode', ['mesh', 'pmap', 'single'])
 def test_pretrain_runs_logs_and_checkpoints(tmp_path, mode):
   summary = loop.train(_config(PRETRAIN, f'parallel.mode={mode}'), tmp_path, progress=False)

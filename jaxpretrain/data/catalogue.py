@@ -19,7 +19,7 @@ import re
 import tensorflow_datasets as tfds
 
 from jaxpretrain.data import digits, fashion_mnist, image_folder, mnist
-from jaxpretrain.data.errors import UnknownDatasetError
+from jaxpretrain.data.errors import UnknownDatasetError, UnknownSplitError
 from jaxpretrain.data.sources import InMemory, Source, in_memory
 
 TFDS_PREFIX = 'tfds:'
@@ -133,7 +133,19 @@ def data_source(name: str, split: str, *, data_dir: str | os.PathLike | None = N
     (60000, (28, 28, 1))
     >>> pets = data_source('folder:~/pets?size=64&channels=3', 'train')
   """
-  return prepared_builder(name, data_dir=data_dir).as_data_source(split)
+  return _split(prepared_builder(name, data_dir=data_dir), name, split)
+
+
+def _split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> Source:
+  """`builder.as_data_source(split)`, with an unknown split or bad slice named as such."""
+  try:
+    return builder.as_data_source(split)
+  except ValueError as e:
+    splits = ', '.join(repr(s) for s in builder.info.splits)
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise UnknownSplitError(
+        f'{name!r} cannot read split {split!r} ({reason}); its splits are {splits}, sliced in '
+        "TFDS syntax if need be: 'train[:600]', 'train[90%:]', 'train+test'") from e
 
 
 def in_memory_source(name: str, split: str, *, data_dir: str | os.PathLike | None = None
@@ -155,7 +167,7 @@ def in_memory_source(name: str, split: str, *, data_dir: str | os.PathLike | Non
 @functools.lru_cache(maxsize=8)
 def _read_prepared(name: str, split: str, data_dir: str, prepared_ns: int) -> InMemory:
   del prepared_ns  # Part of the cache key only.
-  memory = in_memory(_make_builder(name, data_dir).as_data_source(split))
+  memory = in_memory(_split(_make_builder(name, data_dir), name, split))
   for array in memory.arrays.values():
     array.flags.writeable = False
   return memory

@@ -9,3 +9,7 @@ class DatasetNotFoundError(JaxpretrainError, FileNotFoundError):
 
 class UnknownDatasetError(JaxpretrainError, ValueError):
   """A dataset name that the catalogue does not know."""
+
+
+class UnknownSplitError(JaxpretrainError, ValueError):
+  """A split, or a slice of one, that a prepared dataset does not have."""

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxpretrain.data import catalogue, fashion_mnist
-from jaxpretrain.data.errors import DatasetNotFoundError, UnknownDatasetError
+from jaxpretrain.data.errors import DatasetNotFoundError, UnknownDatasetError, UnknownSplitError
 from jaxpretrain.errors import JaxpretrainError
 
 
@@ -46,6 +46,14 @@ def test_split_slicing(tiny_data_dir, tiny_train):
   assert (len(head), len(tail)) == (60, half)
   np.testing.assert_array_equal(head[59]['image'], tiny_train[59]['image'])
   np.testing.assert_array_equal(tail[0]['image'], tiny_train[half]['image'])
+
+
+@pytest.mark.parametrize('split', ['tset', 'train[:abc]'])
+def test_an_unknown_split_or_bad_slice_names_the_splits(tiny_data_dir, split):
+  for read in (catalogue.data_source, catalogue.in_memory_source):
+    with pytest.raises(UnknownSplitError, match=rf"cannot read split .*its splits are 'train', "
+                                                rf"'test', sliced in TFDS syntax"):
+      read('fashion_mnist', split, data_dir=tiny_data_dir)
 
 
 def test_second_call_reuses_the_prepared_files(tiny_data_dir, monkeypatch):
