@@ -143,3 +143,33 @@ def run_config() -> Config:
       l2sp=0.0, unfreeze_schedule=(), lr_multipliers=(), layerwise_lr_decay=0.0, stacked=''))
   c.parallel = Config(dict(mode='mesh'))
   return c
+
+
+# The least value each numeric key of a run config can take; below it a run would
+# fail deep inside (a zero batch, `step % log_every`) or quietly do nothing useful
+# (negative epochs train no step; keep_last=0 keeps no checkpoint).
+_LEAST = {
+    'data.batch_size': 1, 'data.eval_batch_size': 1, 'data.labelled_per_class': 0,
+    'data.validation_per_class': 0, 'train.steps': 0, 'train.eval_every_steps': 0,
+    'train.log_every': 1, 'train.grad_accum': 1, 'train.clip': 0.0,
+    'optimizer.weight_decay': 0.0, 'optimizer.warmup_steps': 0, 'checkpoint.save_every': 0,
+    'checkpoint.keep_last': 1, 'checkpoint.keep_best': 0,
+}
+
+
+def check_values(config: Config) -> None:
+  """Refuses numeric keys of a run config outside the range a run can use."""
+
+  def get(key):
+    section, name = key.split('.')
+    return config.get(section, {}).get(name)
+
+  for key, least in _LEAST.items():
+    value = get(key)
+    if value is not None and value < least:
+      raise ConfigError(f'{key}={value} must be at least {least}; set --config.{key}=...')
+  if (lr := get('optimizer.lr')) is not None and lr <= 0:
+    raise ConfigError(f'optimizer.lr={lr} must be positive')
+  if not get('train.steps') and (get('train.epochs') or 0) < 1:
+    raise ConfigError(f'train.epochs={get("train.epochs")} trains no step; set it to at least '
+                      '1, or set train.steps')

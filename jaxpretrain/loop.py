@@ -21,6 +21,7 @@ import numpy as np
 import tqdm
 
 from jaxpretrain import build, checkpoint, convert, ema, parallel
+from jaxpretrain import config as config_lib
 from jaxpretrain import data as data_lib
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.data import text_runs
@@ -384,6 +385,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
     A summary: steps, best validation metrics and step, wall time.
   """
   start_time = time.time()
+  config_lib.check_values(config)
   workdir = pathlib.Path(workdir).expanduser().absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   config, tokenizer = with_tokenizer(config, workdir)

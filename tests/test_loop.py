@@ -25,6 +25,20 @@ def test_unknown_config_key_lists_valid_keys():
     _config(PRETRAIN, 'optimizer.learning_rate=0.1')
 
 
+@pytest.mark.parametrize('override, message', [
+    ('data.batch_size=0', 'data.batch_size=0 must be at least 1'),
+    ('train.log_every=0', 'train.log_every=0 must be at least 1'),
+    ('checkpoint.keep_last=0', 'checkpoint.keep_last=0 must be at least 1'),
+    ('data.labelled_per_class=-3', 'data.labelled_per_class=-3 must be at least 0'),
+    ('optimizer.lr=-0.001', 'optimizer.lr=-0.001 must be positive'),
+    ('train.epochs=-1', 'train.epochs=-1 trains no step'),
+])
+def test_values_a_run_cannot_use_are_refused_before_it_writes(tmp_path, override, message):
+  with pytest.raises(ConfigError, match=message):
+    loop.train(_config(FINETUNE, override), tmp_path / 'run', progress=False)
+  assert not (tmp_path / 'run').exists()
+
+
 def test_override_types_are_checked_and_converted():
   c = _config(PRETRAIN, 'optimizer.lr=1', 'model.encoder.stages=[[2],[4]]', 'parallel.mode=pmap')
   assert c.optimizer.lr == 1.0 and c.model.encoder.stages == ((2,), (4,))
