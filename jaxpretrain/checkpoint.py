@@ -142,14 +142,15 @@ class Checkpointer:
 
   def resolve(self, step: StepSpec) -> int:
     """An int step from an int, 'latest' (or None) or 'best'."""
-    resolved = {None: self.latest_step, 'latest': self.latest_step,
-                'best': self.best_step}.get(step, lambda: step)()
-    if not self.all_steps():
+    saved = self.all_steps()
+    if not saved:
       raise MissingFileError(f'{self.directory} holds no checkpoint yet; train a run there '
                              'first, or pass the work directory of one that saved some')
-    if resolved is None or resolved not in self.all_steps():
+    resolved = {None: self.latest_step, 'latest': self.latest_step,
+                'best': self.best_step}.get(step, lambda: step)()
+    if resolved is None or resolved not in saved:
       raise MissingFileError(f'no checkpoint {step or "at all"} in {self.directory}; '
-                             f'saved steps: {self.all_steps()}')
+                             f'saved steps: {saved}')
     return int(resolved)
 
   def should_save(self, step: int) -> bool:

@@ -168,11 +168,11 @@ def test_a_resnet_teacher_is_distilled_on_its_own_batch_norm_statistics(tmp_path
   _run('finetune', 'configs/fashion_mnist_distil.py:resnet_tiny', tmp_path / 'student',
        f'--config.finetune.teacher={teacher}', f'--config.finetune.pretrained={teacher}')
   params = checkpoint.restore_params(tmp_path / 'student')
-  theirs = checkpoint.restore_model_state(teacher, step='best')['batch_stats']
-  ours = params[objectives.TEACHER_STATE]['batch_stats']
-  assert tree_lib.flatten(theirs).keys() == tree_lib.flatten(ours).keys()
-  for path, value in tree_lib.flatten(theirs).items():
-    np.testing.assert_array_equal(tree_lib.flatten(ours)[path], value, err_msg=path)
+  theirs = tree_lib.flatten(checkpoint.restore_model_state(teacher, step='best')['batch_stats'])
+  ours = tree_lib.flatten(params[objectives.TEACHER_STATE]['batch_stats'])
+  assert theirs.keys() == ours.keys()
+  for path, value in theirs.items():
+    np.testing.assert_array_equal(ours[path], value, err_msg=path)
   records = loop.read_metrics(tmp_path / 'student')
   assert all(np.isfinite(r['soft_loss']) for r in records)
 

@@ -133,9 +133,9 @@ class PixelShuffleDecoder(nn.Module):
 
   A map of h x w locations becomes blocks of `H / h` by `W / w` pixels, rounded
   up (then resized if they do not tile the H x W image exactly), as MAE's
-  decoder head does for its patches. Only matrix products: on a CPU its gradient costs a small
-  fraction of `ConvDecoder`'s transposed convolutions (0.1 s against 15 s from a
-  7x7x128 map to 28x28, batch 256, one core).
+  decoder head does for its patches. Only matrix products: on a CPU its
+  gradient costs a small fraction of `ConvDecoder`'s transposed convolutions
+  (0.1 s against 15 s from a 7x7x128 map to 28x28, batch 256, one core).
 
   Attributes:
     hidden: width of the MLP's hidden layer (0: a single linear layer).
