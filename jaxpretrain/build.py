@@ -3,14 +3,13 @@
 from collections.abc import Callable, Mapping
 import dataclasses
 import inspect
-import pathlib
 from typing import Any
 
 import flax.linen as nn
 import ml_collections
 import optax
 
-from jaxpretrain import checkpoint, convert, finetune
+from jaxpretrain import checkpoint, convert, finetune, paths
 from jaxpretrain.data import augment as augment_lib
 from jaxpretrain.data import rand_augment
 from jaxpretrain.data import tokenizers
@@ -173,7 +172,7 @@ def _check_vocabulary(source: str, teacher: nn.Module, tokenizer: Any) -> None:
   """The student's tokenizer must be the teacher's: the soft loss compares the same token ids."""
   theirs, ours = teacher.config.vocab_size, tokenizer.get_vocab_size()
   same = theirs == ours
-  saved = pathlib.Path(source) / tokenizers.FILENAME
+  saved = paths.as_path(source) / tokenizers.FILENAME
   if same and saved.is_file():  # Equal sizes: compare the tokens too, where the teacher has them.
     same = tokenizers.load(saved).get_vocab() == tokenizer.get_vocab()
   if not same:

@@ -11,16 +11,16 @@ import contextlib
 import json
 import logging
 import os
-import pathlib
 import time
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jaxpretrain import ema
+from jaxpretrain import ema, paths
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.errors import CheckpointMismatchError, MissingFileError
 
@@ -39,9 +39,9 @@ def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
           'manifest': ocp.JsonCheckpointHandler()}
 
 
-def checkpoint_dir(path: str | os.PathLike) -> pathlib.Path:
-  """The checkpoint folder of a work directory (or the folder itself)."""
-  path = pathlib.Path(path).expanduser().absolute()
+def checkpoint_dir(path: str | os.PathLike) -> epath.Path:
+  """The checkpoint folder of a work directory (or the folder itself), local or a URI."""
+  path = paths.as_path(path)
   return path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
 
 
@@ -66,7 +66,8 @@ class Checkpointer:
   are kept.
 
   Args:
-    directory: the checkpoint folder (created if absent, unless `read_only`).
+    directory: the checkpoint folder (created if absent, unless `read_only`), a
+      local path or a URI that Orbax handles (gs://), which it is given unresolved.
     save_every: save when `step % save_every == 0`.
     keep_last: number of most recent checkpoints kept.
     keep_best: number of best checkpoints kept (needs `best_metric`).
@@ -89,7 +90,7 @@ class Checkpointer:
       raise ValueError(f"best_mode must be 'max' or 'min', not {best_mode!r}")
     if keep_best and not best_metric:
       raise ValueError('keep_best needs best_metric, the metric that ranks checkpoints')
-    self.directory = pathlib.Path(directory).expanduser().absolute()
+    self.directory = paths.as_path(directory)
     self.best_metric, self.best_mode = best_metric, best_mode
     self.manifest = dict(manifest or {})
     self.run_identity = json.loads(json.dumps(run_identity or {}))

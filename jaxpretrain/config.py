@@ -10,14 +10,15 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from jaxpretrain import paths
 from jaxpretrain.errors import ConfigError
 
 Config = ml_collections.ConfigDict
 
 
 def import_file(path: str | pathlib.Path) -> types.ModuleType:
-  """Imports a Python file by path (config files use it to share pieces)."""
-  file = pathlib.Path(path)
+  """Imports a local Python file by path (config files use it to share pieces)."""
+  file = pathlib.Path(paths.local(path, 'a config file'))
   module_spec = importlib.util.spec_from_file_location(f'_jaxpretrain_config_{file.stem}', file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -29,7 +30,7 @@ def load(spec: str) -> Config:
 
   The file defines `get_config(variant=None)` returning a `ConfigDict`.
   """
-  path, _, variant = spec.partition(':')
+  path, _, variant = paths.local(spec, 'a config file').partition(':')
   file = pathlib.Path(path)
   if not file.is_file():
     raise ConfigError(f'config file {path!r} not found; pass e.g. '

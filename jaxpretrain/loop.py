@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable, Sequence
 import dataclasses
 import json
 import logging
-import pathlib
 import time
 from typing import Any
 
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxpretrain import build, checkpoint, convert, ema, parallel
+from jaxpretrain import build, checkpoint, convert, ema, parallel, paths
 from jaxpretrain import config as config_lib
 from jaxpretrain import data as data_lib
 from jaxpretrain import tree as tree_lib
@@ -38,18 +38,14 @@ Config = ml_collections.ConfigDict
 class MetricsLog:
   """Appends metrics to `metrics.jsonl` and TensorBoard event files in a work directory."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: paths.PathLike):
+    workdir = paths.as_path(workdir)
     self.path = workdir / 'metrics.jsonl'
-    try:
-      from tensorboardX import SummaryWriter  # Optional: plots in TensorBoard.
-      self._tb = SummaryWriter(str(workdir / 'tensorboard'))
-    except ImportError:
-      self._tb = None
+    self._tb = paths.summary_writer(workdir / 'tensorboard')
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
     record = {'step': step, 'split': split, **{k: float(v) for k, v in metrics.items()}}
-    with self.path.open('a') as f:
-      f.write(json.dumps(record) + '\n')
+    paths.append_text(self.path, json.dumps(record) + '\n')
     if self._tb is not None:
       for k, v in metrics.items():
         self._tb.add_scalar(f'{split}/{k}', float(v), step)
@@ -59,9 +55,9 @@ class MetricsLog:
       self._tb.close()
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+def read_metrics(workdir: paths.PathLike) -> list[dict[str, Any]]:
   """The records of a work directory's `metrics.jsonl`."""
-  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  path = paths.as_path(workdir) / 'metrics.jsonl'
   return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -143,7 +139,7 @@ def split_source(cfg: Config, split: str, tokenizer: Any = None) -> data_lib.Sou
   return data_lib.data_source(cfg.name, split, data_dir=data_dir)
 
 
-def with_tokenizer(config: Config, workdir: pathlib.Path) -> tuple[Config, Any]:
+def with_tokenizer(config: Config, workdir: paths.PathLike) -> tuple[Config, Any]:
   """For a text dataset: the run's tokenizer, and the model sized to its vocabulary."""
   if not text_runs.is_text(config.data):
     return config, None
@@ -339,7 +335,7 @@ def _check_pretrained(ft_cfg: Config | None) -> None:
     checkpoint.open_checkpoints(source).close()
 
 
-def _checkpointer(config: Config, workdir: pathlib.Path, kind: str, *,
+def _checkpointer(config: Config, workdir: epath.Path, kind: str, *,
                   save_every: int) -> checkpoint.Checkpointer:
   cfg = config.checkpoint
   return checkpoint.Checkpointer(
@@ -371,7 +367,7 @@ class _TrainWindow:
     return means
 
 
-def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain',
+def train(config: Config, workdir: paths.PathLike, *, kind: str = 'pretrain',
           progress: bool = True) -> dict[str, Any]:
   """Trains as `config` says, in `workdir`; resumes from its latest checkpoint.
 
@@ -386,7 +382,7 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
   """
   start_time = time.time()
   config_lib.check_values(config)
-  workdir = pathlib.Path(workdir).expanduser().absolute()
+  workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   config, tokenizer = with_tokenizer(config, workdir)
   train_src, val_src = run_splits(config, tokenizer)
@@ -519,7 +515,7 @@ def _split_macro_f1(engine: Engine, placed_state: Any, batches: Iterable[dict], 
   return macro_f1(logits=logits, labels=labels)
 
 
-def restore_model(config: Config, workdir: str | pathlib.Path, *,
+def restore_model(config: Config, workdir: paths.PathLike, *,
                   step: checkpoint.StepSpec = 'best') -> tuple[nn.Module, Any, Any]:
   """A run's model, the parameters of one of its checkpoints, and its tokenizer.
 
@@ -534,11 +530,11 @@ def restore_model(config: Config, workdir: str | pathlib.Path, *,
     `(model, params, tokenizer)`; the model is sized to the tokenizer's
     vocabulary, and the tokenizer is None for runs without text data.
   """
-  config, tokenizer = with_tokenizer(config, pathlib.Path(workdir))
+  config, tokenizer = with_tokenizer(config, paths.as_path(workdir))
   return build.model(config.model), checkpoint.restore_params(workdir, step=step), tokenizer
 
 
-def evaluate(config: Config, workdir: str | pathlib.Path, *, split: str,
+def evaluate(config: Config, workdir: paths.PathLike, *, split: str,
              step: checkpoint.StepSpec = 'best') -> dict[str, float]:
   """Scores a run's checkpoint on a split with the run's objective (no augmentation).
 
@@ -558,11 +554,11 @@ def evaluate(config: Config, workdir: str | pathlib.Path, *, split: str,
   return evaluate_splits(config, workdir, [split], step=step)[split]
 
 
-def evaluate_splits(config: Config, workdir: str | pathlib.Path, splits: Sequence[str], *,
+def evaluate_splits(config: Config, workdir: paths.PathLike, splits: Sequence[str], *,
                     step: checkpoint.StepSpec = 'best') -> dict[str, dict[str, float]]:
   """`evaluate` on several splits, restoring and compiling once: split → its metrics."""
   ft_cfg = _without_pretrained(config)
-  config, tokenizer = with_tokenizer(config, pathlib.Path(workdir))
+  config, tokenizer = with_tokenizer(config, paths.as_path(workdir))
   sources = {split: split_source(config.data, split, tokenizer) for split in splits}
   first = next(iter(sources.values()))
   example = data_lib.load_split(data_lib.subset(first, np.arange(config.data.eval_batch_size)))

@@ -15,15 +15,15 @@ pre-trained in `workdir/lm`, scored by perplexity on its validation split and
 the test split, and continues the prompt of the `generate` section.
 """
 
-import pathlib
 import time
 from typing import Any
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxpretrain import generate, loop, report
+from jaxpretrain import generate, loop, paths, report
 from jaxpretrain.data import tokenizers
 from jaxpretrain.errors import ConfigError
 
@@ -31,14 +31,14 @@ Config = ml_collections.ConfigDict
 _GENERATE_KEYS = ('prompt', 'max_new_tokens', 'temperature', 'top_k', 'seed')
 
 
-def _with_pretraining_tokenizer(cfg: Config, pretrain_dir: pathlib.Path) -> Config:
+def _with_pretraining_tokenizer(cfg: Config, pretrain_dir: epath.Path) -> Config:
   """A text run reads the pre-training run's tokenizer, so token ids mean the same."""
   if 'tokenizer' in cfg.data:
     cfg.data.tokenizer.path = str(pretrain_dir)
   return cfg
 
 
-def _probe_config(config: Config, pretrain_dir: pathlib.Path) -> Config:
+def _probe_config(config: Config, pretrain_dir: epath.Path) -> Config:
   """Linear probe: a new head trained on the frozen pre-trained encoder, no augmentation."""
   probe = config.finetune.copy_and_resolve_references()
   probe.finetune.pretrained = str(pretrain_dir)
@@ -54,7 +54,7 @@ def _probe_config(config: Config, pretrain_dir: pathlib.Path) -> Config:
   return _with_pretraining_tokenizer(probe, pretrain_dir)
 
 
-def _classifier_configs(config: Config, pretrain_dir: pathlib.Path, start_dir: pathlib.Path,
+def _classifier_configs(config: Config, pretrain_dir: epath.Path, start_dir: epath.Path,
                         probed: bool) -> dict[str, Config]:
   finetuned = config.finetune.copy_and_resolve_references()
   finetuned.finetune.pretrained = str(start_dir)
@@ -101,7 +101,7 @@ def _check_splits(config: Config) -> None:
                       '--config.finetune.data.split_by=play --config.lm.data.split_by=play')
 
 
-def _sample(lm: Config, lm_dir: pathlib.Path, gen: Config) -> dict[str, Any]:
+def _sample(lm: Config, lm_dir: epath.Path, gen: Config) -> dict[str, Any]:
   """The language model's continuation of `gen.prompt`, in its own tokenizer's tokens."""
   model, params, tokenizer = loop.restore_model(lm, lm_dir, step='best')
   prompt = tokenizer.encode(gen.prompt, add_special_tokens=False).ids
@@ -118,7 +118,7 @@ def _sample(lm: Config, lm_dir: pathlib.Path, gen: Config) -> dict[str, Any]:
           'prompt_tokens': len(prompt)}
 
 
-def _language_model(config: Config, lm_dir: pathlib.Path, progress: bool) -> dict[str, Any]:
+def _language_model(config: Config, lm_dir: epath.Path, progress: bool) -> dict[str, Any]:
   """Pre-trains the `lm` run, scores its perplexity and samples from it."""
   summary = loop.train(config.lm, lm_dir, kind='pretrain', progress=progress)
   splits = {'validation': config.lm.data.validation_split, 'test': config.test_split}
@@ -128,7 +128,7 @@ def _language_model(config: Config, lm_dir: pathlib.Path, progress: bool) -> dic
           'splits': splits, **scores, 'sample': _sample(config.lm, lm_dir, config.generate)}
 
 
-def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict[str, Any]:
+def run(config: Config, workdir: paths.PathLike, *, progress: bool = True) -> dict[str, Any]:
   """Runs pre-training, both classifiers' learning-rate grids, and writes `report.md`.
 
   With an `lm` section, a causal language model is pre-trained after the
@@ -139,7 +139,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     _check_lm(config)
   _check_splits(config)
   start = time.time()
-  workdir = pathlib.Path(workdir).expanduser().absolute()
+  workdir = paths.as_path(workdir)
   timings = {}
   t0 = time.time()
   loop.train(config.pretrain, workdir / 'pretrain', kind='pretrain', progress=progress)

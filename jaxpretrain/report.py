@@ -2,21 +2,22 @@
 
 import html
 import json
-import pathlib
 import platform
 from typing import Any
 
+from etils import epath
 import jax
 import matplotlib
 
 matplotlib.use('Agg')  # Files only; no display needed.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+from jaxpretrain import paths
 from jaxpretrain.loop import read_metrics
 
 
-def plot_curves(workdir: pathlib.Path, runs: dict[str, str], path: pathlib.Path,
-                pretraining: dict[pathlib.Path, str] | None = None) -> None:
+def plot_curves(workdir: epath.Path, runs: dict[epath.Path, str], path: epath.Path,
+                pretraining: dict[epath.Path, str] | None = None) -> None:
   """Plots pre-training loss and, per run directory, validation accuracy per epoch.
 
   Args:
@@ -43,7 +44,7 @@ def plot_curves(workdir: pathlib.Path, runs: dict[str, str], path: pathlib.Path,
   ax_val.set(title='validation accuracy while fine-tuning', xlabel='epoch', ylabel='accuracy')
   ax_val.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  paths.save_figure(fig, path, dpi=100)
   plt.close(fig)
 
 
@@ -95,9 +96,9 @@ def _lm_section(config: Any, lm: dict[str, Any]) -> list[str]:
       '']
 
 
-def write(workdir: pathlib.Path, config: Any, results: dict[str, dict[str, Any]],
+def write(workdir: epath.Path, config: Any, results: dict[str, dict[str, Any]],
           trials: dict[str, dict[str, dict[str, Any]]], timings: dict[str, float],
-          wall_time_s: float, lm: dict[str, Any] | None = None) -> pathlib.Path:
+          wall_time_s: float, lm: dict[str, Any] | None = None) -> epath.Path:
   """Writes `report.md` and `curves.png` into `workdir`; returns the report's path.
 
   The wording about the data comes from the config: `units` (what a test
@@ -107,9 +108,9 @@ def write(workdir: pathlib.Path, config: Any, results: dict[str, dict[str, Any]]
   ft, sc = results['finetune'], results['scratch']
   pretraining = {workdir / 'pretrain': f'{config.pretrain.objective.name} (pretrain)'}
   if lm is not None:
-    pretraining[pathlib.Path(lm['workdir'])] = f'{config.lm.objective.name} (lm)'
-  plot_curves(workdir, {pathlib.Path(ft['workdir']): 'fine-tuned from pre-training',
-                        pathlib.Path(sc['workdir']): 'from scratch'}, workdir / 'curves.png',
+    pretraining[paths.as_path(lm['workdir'])] = f'{config.lm.objective.name} (lm)'
+  plot_curves(workdir, {paths.as_path(ft['workdir']): 'fine-tuned from pre-training',
+                        paths.as_path(sc['workdir']): 'from scratch'}, workdir / 'curves.png',
               pretraining)
   units = config.get('units', 'examples')
   lines = [

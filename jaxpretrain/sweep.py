@@ -13,11 +13,11 @@ import functools
 import itertools
 import json
 import logging
-import pathlib
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from etils import epath
 import matplotlib
 import ml_collections
 import numpy as np
@@ -26,7 +26,7 @@ matplotlib.use('Agg')  # Files only; no display needed.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from jaxpretrain import config as config_lib
-from jaxpretrain import loop
+from jaxpretrain import loop, paths
 from jaxpretrain.errors import ConfigError
 
 Config = ml_collections.ConfigDict
@@ -144,7 +144,7 @@ def _identity(sweep: dict[str, Any]) -> dict[str, Any]:
           'trials': [t['assignment'] for t in sweep['trials']]}
 
 
-def _check_same_sweep(path: pathlib.Path, sweep: dict[str, Any]) -> None:
+def _check_same_sweep(path: epath.Path, sweep: dict[str, Any]) -> None:
   """Refuses a workdir whose `sweep.json` describes another sweep than `sweep`."""
   if not path.exists():
     return
@@ -182,7 +182,7 @@ def _result(summary: dict[str, Any]) -> dict[str, Any]:
           'wall_time_s': summary['wall_time_s']}
 
 
-def _write_json(path: pathlib.Path, value: Any) -> None:
+def _write_json(path: epath.Path, value: Any) -> None:
   path.write_text(json.dumps(value, indent=1) + '\n')
 
 
@@ -192,7 +192,7 @@ def best_trial(records: Sequence[dict[str, Any]], metric: str, mode: str) -> dic
   return pick(records, key=lambda r: r['best_validation'][metric])
 
 
-def run(config: Config, workdir: str | pathlib.Path, axes: Sequence[Axis], *,
+def run(config: Config, workdir: paths.PathLike, axes: Sequence[Axis], *,
         kind: str = 'finetune', metric: str = 'accuracy', mode: str = 'max',
         random: int | None = None, seed: int = 0, progress: bool = True,
         command: str = '') -> dict[str, Any]:
@@ -229,7 +229,7 @@ def run(config: Config, workdir: str | pathlib.Path, axes: Sequence[Axis], *,
   if not config.checkpoint.get('keep_best'):
     config = config_lib.override(config, ['checkpoint.keep_best=1'])
   planned = trials(axes, random=random, seed=seed)
-  workdir = pathlib.Path(workdir).expanduser().absolute()
+  workdir = paths.as_path(workdir)
   sweep = {'command': command, 'kind': kind, 'metric': metric, 'mode': mode,
            'axes': _jsonable(dict(axes)), 'config': json.loads(config.to_json_best_effort()),
            'trials': [{'name': f'trial_{i:03d}', 'assignment': _jsonable(assignment)}
@@ -297,16 +297,16 @@ def plot(sweep: dict[str, Any]) -> matplotlib.figure.Figure:
   return fig
 
 
-def write_report(workdir: str | pathlib.Path, sweep: dict[str, Any]) -> pathlib.Path:
+def write_report(workdir: paths.PathLike, sweep: dict[str, Any]) -> epath.Path:
   """Writes `sweep.md` and `sweep.png` for a finished sweep (`sweep.json`'s contents).
 
   Returns:
     The path of `sweep.md`.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir)
   metric, keys = sweep['metric'], list(sweep['axes'])
   fig = plot(sweep)
-  fig.savefig(workdir / 'sweep.png', dpi=100)
+  paths.save_figure(fig, workdir / 'sweep.png', dpi=100)
   plt.close(fig)
   names = sorted({k for t in sweep['trials'] for k in t['best_validation']} - {'examples'})
   columns = [metric] + [k for k in names if k != metric]

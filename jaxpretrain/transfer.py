@@ -53,10 +53,10 @@ import functools
 import hashlib
 import json
 import logging
-import pathlib
 import time
 from typing import Any, NamedTuple
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -64,7 +64,7 @@ import numpy as np
 import optax
 import tqdm
 
-from jaxpretrain import build, loop
+from jaxpretrain import build, loop, paths
 from jaxpretrain import config as config_lib
 from jaxpretrain import data as data_lib
 from jaxpretrain import tree as tree_lib
@@ -150,7 +150,17 @@ def _extract(engine: Any, placed: Any, source: data_lib.Source, *, batch_size: i
   return SplitFeatures(features.astype(np.float32), labels.astype(np.int32))
 
 
-def cached_features(config: Config, workdir: str | pathlib.Path, *, split: str = 'test',
+def _save(path: epath.Path, array: np.ndarray) -> None:
+  with path.open('wb') as f:
+    np.save(f, array)
+
+
+def _load(path: epath.Path) -> np.ndarray:
+  with path.open('rb') as f:
+    return np.load(f)
+
+
+def cached_features(config: Config, workdir: paths.PathLike, *, split: str = 'test',
                     progress: bool = False) -> dict[str, SplitFeatures]:
   """The frozen encoder's features of the training, validation and test images.
 
@@ -170,7 +180,7 @@ def cached_features(config: Config, workdir: str | pathlib.Path, *, split: str =
     'train', 'validation' and 'test' → `SplitFeatures`, in each split's order.
   """
   _check(config)
-  workdir = pathlib.Path(workdir)
+  workdir = paths.as_path(workdir)
   config, tokenizer = loop.with_tokenizer(config, workdir)
   train_src, val_src = loop.run_splits(config, tokenizer)
   test_src = loop.split_source(config.data, split, tokenizer)
@@ -186,8 +196,8 @@ def cached_features(config: Config, workdir: str | pathlib.Path, *, split: str =
   manifest = cache / 'manifest.json'
   if manifest.is_file() and json.loads(manifest.read_text()).get('fingerprint') == fingerprint:
     logging.info('reading cached features from %s', cache)
-    return {role: SplitFeatures(np.load(cache / f'{role}_features.npy'),
-                                np.load(cache / f'{role}_labels.npy')) for role in _ROLES}
+    return {role: SplitFeatures(_load(cache / f'{role}_features.npy'),
+                                _load(cache / f'{role}_labels.npy')) for role in _ROLES}
   objective = build.objective(config.objective, tokenizer=tokenizer,
                               axis_name=loop.axis_name(config))
   engine = loop.make_engine(config.parallel.mode, objective, objective, state)
@@ -200,8 +210,8 @@ def cached_features(config: Config, workdir: str | pathlib.Path, *, split: str =
     cache.mkdir(parents=True, exist_ok=True)
     manifest.unlink(missing_ok=True)  # Until the new arrays are all written, none is vouched for.
     for role, split_features in out.items():
-      np.save(cache / f'{role}_features.npy', split_features.features)
-      np.save(cache / f'{role}_labels.npy', split_features.labels)
+      _save(cache / f'{role}_features.npy', split_features.features)
+      _save(cache / f'{role}_labels.npy', split_features.labels)
     # Written last: a manifest vouches only for complete arrays.
     manifest.write_text(json.dumps({'fingerprint': fingerprint, 'split': split,
                                     'pretrained': _pretrained(config),
@@ -287,7 +297,7 @@ def _fit_logistic(x_NxD, labels_N, l2_L, *, num_classes, max_iter, tol):
   return LogisticRegression(w, b)
 
 
-def linear_probe(config: Config, workdir: pathlib.Path, *, split: str = 'test',
+def linear_probe(config: Config, workdir: epath.Path, *, split: str = 'test',
                  progress: bool = False, l2_grid: Sequence[float] = L2_GRID) -> dict[str, Any]:
   """Logistic regression on the frozen encoder's cached features; L2 chosen on validation."""
   feats = cached_features(config, workdir, split=split, progress=progress)
@@ -358,7 +368,7 @@ def knn_scores(train_features: np.ndarray, train_labels: np.ndarray, query_featu
   return np.concatenate(out)
 
 
-def knn(config: Config, workdir: pathlib.Path, *, split: str = 'test', progress: bool = False,
+def knn(config: Config, workdir: epath.Path, *, split: str = 'test', progress: bool = False,
         k: Sequence[int] = KNN_K, temperature: float = KNN_TEMPERATURE) -> dict[str, Any]:
   """Weighted cosine k-NN on the cached features; k fixed, or chosen on validation."""
   feats = cached_features(config, workdir, split=split, progress=progress)
@@ -447,7 +457,7 @@ def _draw(labels: np.ndarray, shots: int, seed: int, num_classes: int) -> np.nda
   return np.sort(np.concatenate(picked))
 
 
-def few_shot(config: Config, workdir: pathlib.Path, *, split: str = 'test',
+def few_shot(config: Config, workdir: epath.Path, *, split: str = 'test',
              progress: bool = False, shots: Sequence[int] = FEW_SHOTS,
              seeds: int = FEW_SHOT_SEEDS, l2_grid: Sequence[float] = RIDGE_GRID
              ) -> dict[str, Any]:
@@ -488,7 +498,7 @@ def few_shot(config: Config, workdir: pathlib.Path, *, split: str = 'test',
 
 # Fine-tuning.
 
-def _train_and_score(config: Config, run_dir: pathlib.Path, split: str,
+def _train_and_score(config: Config, run_dir: epath.Path, split: str,
                      progress: bool) -> dict[str, Any]:
   summary = loop.train(config, run_dir, kind='finetune', progress=progress)
   test = loop.evaluate(config, run_dir, split=split, step='best')
@@ -504,13 +514,13 @@ def _train_and_score(config: Config, run_dir: pathlib.Path, split: str,
           'frozen_params': summary['frozen_params'], 'run': str(run_dir)}
 
 
-def finetune(config: Config, workdir: pathlib.Path, *, split: str = 'test',
+def finetune(config: Config, workdir: epath.Path, *, split: str = 'test',
              progress: bool = False) -> dict[str, Any]:
   """The classifier fine-tuned as the config says (`workdir/finetune`), scored at its best epoch."""
   return _train_and_score(config, workdir / 'finetune', split, progress)
 
 
-def lora(config: Config, workdir: pathlib.Path, *, split: str = 'test', progress: bool = False,
+def lora(config: Config, workdir: epath.Path, *, split: str = 'test', progress: bool = False,
          rank: int | None = None) -> dict[str, Any]:
   """LoRA adapters (and the head) fine-tuned on the frozen encoder, in `workdir/lora_rank<r>`."""
   rank = rank or config.finetune.lora.get('rank', 0) or LORA_RANK
@@ -528,7 +538,7 @@ PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def run(config: Config, workdir: str | pathlib.Path, protocol: str, *, split: str = 'test',
+def run(config: Config, workdir: paths.PathLike, protocol: str, *, split: str = 'test',
         progress: bool = True, **options: Any) -> dict[str, Any]:
   """Evaluates the config's (pre-trained) encoder by `protocol`; writes `transfer_<protocol>.json`.
 
@@ -550,7 +560,7 @@ def run(config: Config, workdir: str | pathlib.Path, protocol: str, *, split: st
     raise ConfigError(f'unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}')
   _check(config)
   start = time.time()
-  workdir = pathlib.Path(workdir).expanduser().absolute()
+  workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   result = PROTOCOLS[protocol](config, workdir, split=split, progress=progress, **options)
   pretrained = _pretrained(config)

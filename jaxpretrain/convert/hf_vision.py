@@ -34,13 +34,13 @@ at INFO level.
 from collections.abc import Mapping
 import json
 import os
-import pathlib
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpretrain import paths
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.convert import rules
 from jaxpretrain.errors import ConfigError
@@ -130,11 +130,10 @@ _KINDS = {
 
 def read_preprocessor_config(directory: str | os.PathLike) -> dict[str, Any] | None:
   """The `preprocessor_config.json` of a Hugging Face model directory, or None without one."""
-  path = pathlib.Path(directory) / 'preprocessor_config.json'
+  path = paths.as_path(directory) / 'preprocessor_config.json'
   if not path.is_file():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def from_state_dict(hf_config: Mapping[str, Any], state_dict: Mapping[str, Any], *,

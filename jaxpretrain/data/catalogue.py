@@ -15,9 +15,12 @@ import hashlib
 import os
 import pathlib
 import re
+import tempfile
 
+from etils import epath
 import tensorflow_datasets as tfds
 
+from jaxpretrain import paths
 from jaxpretrain.data import digits, fashion_mnist, image_folder, mnist
 from jaxpretrain.data.errors import UnknownDatasetError, UnknownSplitError
 from jaxpretrain.data.sources import InMemory, Source, in_memory
@@ -39,11 +42,14 @@ def names() -> tuple[str, ...]:
   return tuple(sorted(_BUILDERS))
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """`data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets` (as TFDS itself)."""
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> epath.Path:
+  """`data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets` (as TFDS itself).
+
+  A URI (gs://bucket/tfds) is kept as it is and handed to TFDS unresolved.
+  """
   if data_dir is None:
     data_dir = os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
-  return pathlib.Path(data_dir).expanduser()
+  return paths.as_path(data_dir)
 
 
 def _check_known(name: str) -> None:
@@ -77,6 +83,18 @@ def _lock_name(name: str) -> str:
   return '.' + re.sub(r'[^A-Za-z0-9_.-]', '_', name) + '.lock'
 
 
+def _lock_path(data_dir: epath.Path, name: str) -> pathlib.Path:
+  """Where the preparation lock of dataset `name` lives: a local file beside the data.
+
+  A lock needs a local file; for a data directory at a URI it goes in the
+  temporary folder, keyed by the URI, and serialises the processes of this machine.
+  """
+  if paths.is_uri(data_dir):
+    key = hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:16]
+    return pathlib.Path(tempfile.gettempdir()) / 'jaxpretrain_locks' / key / _lock_name(name)
+  return pathlib.Path(data_dir) / _lock_name(name)
+
+
 @contextlib.contextmanager
 def _locked(path: pathlib.Path) -> Iterator[None]:
   """Holds an exclusive lock on `path`, so concurrent processes prepare a dataset once."""
@@ -99,7 +117,7 @@ def prepared_builder(name: str, *, data_dir: str | os.PathLike | None = None
     ImageFolderError: a `folder:` whose layout or images cannot be used.
   """
   _check_known(name)
-  with _locked(resolve_data_dir(data_dir) / _lock_name(name)):
+  with _locked(_lock_path(resolve_data_dir(data_dir), name)):
     # Built under the lock, so a builder made while another process was preparing
     # still reads the finished dataset's split sizes.
     builder = _make_builder(name, data_dir)
@@ -158,10 +176,11 @@ def in_memory_source(name: str, split: str, *, data_dir: str | os.PathLike | Non
   prepared files return the same arrays, which are read-only for that reason.
   """
   builder = prepared_builder(name, data_dir=data_dir)
-  info = pathlib.Path(builder.data_dir) / 'dataset_info.json'
-  # The file's modification time tells a re-prepared dataset from the one cached.
-  return _read_prepared(name, split, os.fspath(resolve_data_dir(data_dir)),
-                        info.stat().st_mtime_ns)
+  info = paths.as_path(builder.data_dir) / 'dataset_info.json'
+  # The file's modification time tells a re-prepared dataset from the one cached (object
+  # stores give it in seconds).
+  prepared = info.stat().mtime if paths.is_uri(info) else os.stat(info).st_mtime_ns
+  return _read_prepared(name, split, os.fspath(resolve_data_dir(data_dir)), prepared)
 
 
 @functools.lru_cache(maxsize=8)

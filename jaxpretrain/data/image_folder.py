@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps
 import tensorflow_datasets as tfds
 
+from jaxpretrain import paths
 from jaxpretrain.data import image_records
 from jaxpretrain.data.errors import DatasetNotFoundError
 from jaxpretrain.errors import JaxpretrainError
@@ -175,6 +176,7 @@ def parse_spec(spec: str) -> tuple[str, tuple[int, int] | None, int | None]:
     ('~/pets', (64, 64), 3)
   """
   path, _, query = spec.partition('?')
+  paths.local(path, 'an image folder (folder:<path>)')
   options = {}
   for item in filter(None, query.split('&')):
     key, _, value = item.partition('=')

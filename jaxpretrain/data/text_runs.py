@@ -23,13 +23,13 @@ token ids.
 
 from collections.abc import Callable
 import logging
-import pathlib
 from typing import NamedTuple
 
 import ml_collections
 import numpy as np
 import tokenizers as hf_tokenizers
 
+from jaxpretrain import paths
 from jaxpretrain.data import text, text_tfds, tokenizers
 from jaxpretrain.data.catalogue import TFDS_PREFIX
 from jaxpretrain.data.errors import UnknownDatasetError
@@ -141,7 +141,7 @@ def tokenizer_texts(cfg: Config) -> list[str]:
   return _texts(_examples(cfg, cfg.train_split, task(cfg)))
 
 
-def run_tokenizer(cfg: Config, workdir: str | pathlib.Path) -> Tokenizer:
+def run_tokenizer(cfg: Config, workdir: paths.PathLike) -> Tokenizer:
   """The run's tokenizer: `tokenizer.path`'s, the work directory's, or a new one.
 
   A new one is trained on `tokenizer_texts(cfg)` (`tokenizer.kind`, `vocab_size`)
@@ -150,7 +150,7 @@ def run_tokenizer(cfg: Config, workdir: str | pathlib.Path) -> Tokenizer:
   tok_cfg = cfg.tokenizer
   if tok_cfg.get('path'):
     return tokenizers.load(tok_cfg.path)
-  saved = pathlib.Path(workdir) / 'tokenizer.json'
+  saved = paths.as_path(workdir) / 'tokenizer.json'
   if saved.exists():
     return tokenizers.load(saved)
   if tok_cfg.kind not in TRAINERS:

@@ -14,7 +14,6 @@ when a run first reads it, before it trains.
 """
 
 import os
-import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -22,6 +21,7 @@ import tensorflow_datasets as tfds
 # defined there (`glue`, `super_glue`, ...) are not registered until this import.
 import tensorflow_datasets.text  # noqa: F401
 
+from jaxpretrain import paths
 from jaxpretrain.data.catalogue import TFDS_PREFIX, resolve_data_dir
 from jaxpretrain.data.errors import DatasetNotFoundError, UnknownDatasetError
 from jaxpretrain.errors import ConfigError
@@ -71,8 +71,8 @@ def _check_feature(info: tfds.core.DatasetInfo, name: str, key: str, *, kind: st
                       f'{kind} feature.')
 
 
-def _not_prepared(name: str, split: str, data_dir: pathlib.Path,
-                  dataset_dir: pathlib.Path) -> DatasetNotFoundError:
+def _not_prepared(name: str, split: str, data_dir: paths.PathLike,
+                  dataset_dir: paths.PathLike) -> DatasetNotFoundError:
   top = name.split('/', 1)[0]
   return DatasetNotFoundError(
       f"Dataset '{TFDS_PREFIX}{name}' (split {split!r}) is not prepared in {data_dir}: "
@@ -123,7 +123,7 @@ def read_texts(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   if label_key is not None:
     _check_feature(dataset.info, name, label_key, kind='integer', config_key='label_key')
   if not dataset.is_prepared():
-    raise _not_prepared(name, split, resolve_data_dir(data_dir), pathlib.Path(dataset.data_dir))
+    raise _not_prepared(name, split, resolve_data_dir(data_dir), dataset.data_dir)
   try:
     source = dataset.as_data_source(split)
   except ValueError as e:  # An unknown split, or a slice TFDS cannot read.

@@ -9,12 +9,13 @@ several threads at once).
 
 from collections.abc import Iterable, Sequence
 import os
-import pathlib
 
+from etils import epath
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from jaxpretrain import paths
 from jaxpretrain.errors import JaxpretrainError
 
 FILENAME = 'tokenizer.json'
@@ -97,11 +98,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> tokenizers.Tokenizer:
   return tokenizer
 
 
-def save(tokenizer: tokenizers.Tokenizer, directory: str | os.PathLike) -> pathlib.Path:
-  """Writes `directory/tokenizer.json` (creating `directory`) and returns its path."""
-  path = pathlib.Path(directory) / FILENAME
+def save(tokenizer: tokenizers.Tokenizer, directory: str | os.PathLike) -> epath.Path:
+  """Writes `directory/tokenizer.json` (creating `directory`, local or a URI); returns its path."""
+  path = paths.as_path(directory) / FILENAME
   path.parent.mkdir(parents=True, exist_ok=True)
-  tokenizer.save(os.fspath(path))
+  path.write_text(tokenizer.to_str(pretty=True))
   return path
 
 
@@ -114,7 +115,7 @@ def load(path: str | os.PathLike) -> tokenizers.Tokenizer:
   Raises:
     TokenizerNotFoundError: there is no such file.
   """
-  path = pathlib.Path(path).expanduser()
+  path = paths.as_path(path)
   file = path / FILENAME if path.is_dir() else path
   if not file.is_file():
     where = f'the directory {path} has no {FILENAME}' if path.is_dir() else f'{path} does not exist'
@@ -122,7 +123,7 @@ def load(path: str | os.PathLike) -> tokenizers.Tokenizer:
         f'no tokenizer found: {where}. Pass a {FILENAME} file, or a directory holding one '
         f'(as written by jaxpretrain.data.tokenizers.save, or shipped with a Hugging Face '
         f'checkpoint that has a fast tokenizer).')
-  return tokenizers.Tokenizer.from_file(os.fspath(file))
+  return tokenizers.Tokenizer.from_str(file.read_text())
 
 
 def special_ids(tokenizer: tokenizers.Tokenizer) -> dict[str, int]:
@@ -156,7 +157,7 @@ def _plain(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
   """The tokenizer, or a copy without its own padding and truncation settings."""
   if tokenizer.padding is None and tokenizer.truncation is None:
     return tokenizer
-  copy = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+  copy = tokenizers.Tokenizer.from_str(tokenizer.to_str(pretty=True))
   copy.no_padding()
   copy.no_truncation()
   return copy

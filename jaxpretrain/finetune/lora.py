@@ -13,15 +13,16 @@ from collections.abc import Mapping, Sequence
 import json
 import math
 import os
-import pathlib
 import re
 from typing import Any
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxpretrain import paths
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.errors import CheckpointMismatchError, ConfigError, MissingFileError
 from jaxpretrain.finetune.base import Params, Transform, chain, make_transform
@@ -161,7 +162,7 @@ def merge(params: Params, transform: Transform | Sequence[Mapping[str, Any]]) ->
 
 
 def export_adapters(directory: str | os.PathLike, params: Params,
-                    transform: Transform | Sequence[Mapping[str, Any]]) -> pathlib.Path:
+                    transform: Transform | Sequence[Mapping[str, Any]]) -> epath.Path:
   """Writes the adapters and the head alone (not the base model) to `directory`.
 
   Returns:
@@ -172,7 +173,7 @@ def export_adapters(directory: str | os.PathLike, params: Params,
   flat = tree_lib.flatten(params)
   keep = {p: np.asarray(v) for p, v in flat.items()
           if p.startswith(ADAPTERS + '/') or (head and re.fullmatch(head, p))}
-  directory = pathlib.Path(directory).expanduser().absolute()
+  directory = paths.as_path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   ocp.PyTreeCheckpointer().save(directory / 'params', tree_lib.unflatten(keep), force=True)
   (directory / 'adapters.json').write_text(json.dumps(
@@ -187,7 +188,7 @@ def load_adapters(directory: str | os.PathLike) -> Transform:
   Chain it after the base model's weights, e.g.
   `chain(from_pretrained(base_run), load_adapters(path))`.
   """
-  directory = pathlib.Path(directory).expanduser().absolute()
+  directory = paths.as_path(directory)
   meta_path = directory / 'adapters.json'
   if not meta_path.exists():
     raise MissingFileError(f'no adapters.json in {directory}; pass a directory written by '
