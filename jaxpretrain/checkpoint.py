@@ -41,7 +41,7 @@ def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
 
 def checkpoint_dir(path: str | os.PathLike) -> epath.Path:
   """The checkpoint folder of a work directory (or the folder itself), local or a URI."""
-  path = paths.as_path(path)
+  path = paths.checkpoint_path(path)
   return path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
 
 
@@ -90,7 +90,7 @@ class Checkpointer:
       raise ValueError(f"best_mode must be 'max' or 'min', not {best_mode!r}")
     if keep_best and not best_metric:
       raise ValueError('keep_best needs best_metric, the metric that ranks checkpoints')
-    self.directory = paths.as_path(directory)
+    self.directory = paths.checkpoint_path(directory)
     self.best_metric, self.best_mode = best_metric, best_mode
     self.manifest = dict(manifest or {})
     self.run_identity = json.loads(json.dumps(run_identity or {}))

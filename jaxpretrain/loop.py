@@ -382,7 +382,7 @@ def train(config: Config, workdir: paths.PathLike, *, kind: str = 'pretrain',
   """
   start_time = time.time()
   config_lib.check_values(config)
-  workdir = paths.as_path(workdir)
+  workdir = paths.checkpoint_path(workdir)  # Refused before anything is written if need be.
   workdir.mkdir(parents=True, exist_ok=True)
   config, tokenizer = with_tokenizer(config, workdir)
   train_src, val_src = run_splits(config, tokenizer)

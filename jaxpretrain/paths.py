@@ -19,6 +19,9 @@ from etils import epath
 from jaxpretrain.errors import ConfigError
 
 PathLike = str | os.PathLike
+# The URI schemes Orbax writes checkpoints to (arrays through TensorStore's GCS
+# driver); it would hand any other scheme to TensorStore's file driver.
+CHECKPOINT_SCHEMES = ('gs',)
 
 
 def is_uri(path: PathLike) -> bool:
@@ -31,6 +34,15 @@ def as_path(path: PathLike) -> epath.Path:
   if is_uri(path):
     return epath.Path(path)
   return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def checkpoint_path(path: PathLike) -> epath.Path:
+  """`as_path(path)` for checkpoints: a local path or a URI Orbax can write (gs://)."""
+  path = as_path(path)
+  if is_uri(path) and os.fspath(path).split('://')[0] not in CHECKPOINT_SCHEMES:
+    raise ConfigError(f'checkpoints cannot go to {path}: Orbax writes them to local (or '
+                      'mounted) folders and gs:// only; use such a work directory.')
+  return path
 
 
 def local(path: PathLike, what: str) -> str:
