@@ -24,7 +24,8 @@ import pytest
 from orbax.checkpoint._src.path import gcs_utils
 
 from jaxpretrain import checkpoint, cli, loop, paths, report
-from jaxpretrain.data import catalogue
+from jaxpretrain.data import catalogue, text_tfds
+from jaxpretrain.data.errors import DatasetNotFoundError
 from jaxpretrain.errors import ConfigError
 from tests import fake_gcs
 
@@ -106,8 +107,8 @@ def test_a_run_in_a_gs_workdir_writes_resumes_and_is_read_from_there(bucket, cap
   scores = json.loads(capsys.readouterr().out)
   assert scores['examples'] == 32 and np.isfinite(scores['loss'])
 
-  assert _cli('finetune', '--config', FINETUNE, f'--config.finetune.pretrained={pre}',
-              '--workdir', ft) == 0
+  assert _cli('finetune', '--config', FINETUNE, '--config.train.epochs=1',
+              f'--config.finetune.pretrained={pre}', '--workdir', ft) == 0
   source = checkpoint.read_manifest(ft)['finetune'][0]
   assert (source['name'], source['source']) == ('from_pretrained', pre)
 
@@ -127,6 +128,12 @@ def test_a_data_dir_uri_reaches_the_dataset_builder_unresolved(bucket, monkeypat
   with pytest.raises(LookupError, match='stop here'):
     catalogue.data_source('fashion_mnist', 'train', data_dir=f'{BUCKET}/tfds')
   assert seen == [f'{BUCKET}/tfds']
+
+
+def test_tfds_looks_for_a_prepared_dataset_at_the_data_dir_uri(bucket):
+  # TFDS reads the bucket through epath: an empty one holds no prepared dataset.
+  with pytest.raises(DatasetNotFoundError, match=f'is not prepared in {BUCKET}/tfds:'):
+    text_tfds.read_texts('imdb_reviews', 'test', data_dir=f'{BUCKET}/tfds')
 
 
 def test_a_workdir_whose_scheme_orbax_cannot_write_is_refused_before_anything_is_written(
