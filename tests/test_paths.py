@@ -21,10 +21,11 @@ from etils.epath import gpath
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 from orbax.checkpoint._src.path import gcs_utils
 
-from jaxpretrain import checkpoint, cli, loop, paths, report
-from jaxpretrain.data import catalogue, text_tfds
+from jaxpretrain import checkpoint, cli, convert, loop, paths, report
+from jaxpretrain.data import catalogue, text_tfds, tokenizers
 from jaxpretrain.data.errors import DatasetNotFoundError
 from jaxpretrain.errors import ConfigError
 from tests import fake_gcs
@@ -39,10 +40,7 @@ BUCKET = 'gs://test-bucket'
 
 @pytest.fixture(scope='module')
 def gcs(tmp_path_factory):
-  """A fake Cloud Storage on a local port, for TensorStore's gs:// driver; yields its root.
-
-  One per module: TensorStore reads its endpoint and test token once per process.
-  """
+  """A fake Cloud Storage on a local port, for TensorStore's gs:// driver; yields its root."""
   root = str(tmp_path_factory.mktemp('gcs'))
   with fake_gcs.serve(root) as url, pytest.MonkeyPatch.context() as patch:
     patch.setenv('TENSORSTORE_GCS_HTTP_URL', url)
@@ -115,6 +113,20 @@ def test_a_run_in_a_gs_workdir_writes_resumes_and_is_read_from_there(bucket, cap
   report.plot_curves(paths.as_path(BUCKET), {paths.as_path(ft): 'fine-tuned'},
                      paths.as_path(f'{BUCKET}/curves.png'), {paths.as_path(pre): 'pre-trained'})
   assert epath.Path(bucket.local(f'{BUCKET}/curves.png')).read_bytes()[:4] == b'\x89PNG'
+
+
+def test_a_tokenizer_and_a_hugging_face_directory_are_read_from_the_bucket(bucket):
+  tokenizer = tokenizers.train_wordpiece(['to be or not to be', 'that is the question'], 40)
+  assert os.fspath(tokenizers.save(tokenizer, f'{BUCKET}/tok')) == f'{BUCKET}/tok/tokenizer.json'
+  assert tokenizers.load(f'{BUCKET}/tok').get_vocab() == tokenizer.get_vocab()
+  hf = epath.Path(bucket.local(f'{BUCKET}/hf'))
+  hf.mkdir(parents=True)
+  (hf / 'config.json').write_text(json.dumps({'model_type': 'bert'}))
+  weights = {'w': np.arange(6, dtype=np.float32).reshape(2, 3)}
+  safetensors.numpy.save_file(weights, os.fspath(hf / 'model.safetensors'))
+  assert convert.is_hf_directory(f'{BUCKET}/hf')
+  assert convert.read_config(f'{BUCKET}/hf') == {'model_type': 'bert'}
+  np.testing.assert_array_equal(convert.read_state_dict(f'{BUCKET}/hf')['w'], weights['w'])
 
 
 def test_a_data_dir_uri_reaches_the_dataset_builder_unresolved(bucket, monkeypatch):
