@@ -157,6 +157,13 @@ def test_an_fsdp_cli_run_trains_saves_and_resumes_as_the_uninterrupted_run(tmp_p
   assert all(np.isfinite(r['loss']) for r in records if r['split'] == 'train')
   resumed = checkpoint.restore_params(tmp_path / 'a', step=6)
   jax.tree.map(np.testing.assert_array_equal, final, resumed)
+  # The sharded run's checkpoint scores the same evaluated with FSDP or replicated.
+  config = config_lib.override(config_lib.load(PRETRAIN), ['data.eval_batch_size=32'])
+  sharded = config_lib.override(config, ['parallel.fsdp=True', 'parallel.fsdp_min_bytes=1024'])
+  scores = [loop.evaluate(c, tmp_path / 'a', split='test[:32]') for c in (sharded, config)]
+  assert scores[0]['examples'] == 32
+  for k in scores[1]:
+    np.testing.assert_allclose(scores[0][k], scores[1][k], rtol=1e-5)
 
 
 def _run_state(*overrides):
