@@ -14,7 +14,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from jaxpretrain import tree as tree_lib
-from jaxpretrain.errors import BatchError
+from jaxpretrain.errors import BatchError, ConfigError
 
 DATA_AXIS = 'data'
 PMAP_AXIS = 'batch'
@@ -97,15 +97,16 @@ def state_shardings(state: Any, mesh: Mesh, rules: ShardingRules = (), *, fsdp: 
   rules and no `fsdp`, everything is replicated: plain data parallelism.
 
   Raises:
-    ValueError: when a rule splits a dimension its mesh axes do not divide.
+    ConfigError: when a rule names an axis the mesh lacks, or splits a
+      dimension its axes do not divide.
   """
-  compiled = [(re.compile(p), spec) for p, spec in rules]
+  compiled = [(re.compile(p), p, spec) for p, spec in rules]
   n = mesh.shape.get(DATA_AXIS, 1)
 
   def spec_for(path, leaf) -> NamedSharding:
     name = tree_lib.key_path_str(path)
     shape = tuple(np.shape(leaf))
-    for (regex, spec), (pattern, _) in zip(compiled, rules):
+    for regex, pattern, spec in compiled:
       if regex.search(name) and len(spec) <= len(shape):
         _check_rule(name, shape, pattern, spec, mesh)
         return NamedSharding(mesh, spec)
@@ -117,16 +118,17 @@ def state_shardings(state: Any, mesh: Mesh, rules: ShardingRules = (), *, fsdp: 
 
 
 def _check_rule(name: str, shape: tuple[int, ...], pattern: str, spec: P, mesh: Mesh) -> None:
+  """Refuses a rule that jit would reject with a message naming neither rule nor leaf."""
   for dim, axes in zip(shape, spec):
     axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     unknown = [a for a in axes if a not in mesh.shape]
     if unknown:
-      raise ValueError(f'sharding rule ({pattern!r}, {spec}) names mesh axes {unknown}; the mesh '
-                       f'has {list(mesh.shape)}')
+      raise ConfigError(f'sharding rule ({pattern!r}, {spec}) names mesh axes {unknown}; '
+                        f'the mesh has {list(mesh.shape)}')
     size = int(np.prod([mesh.shape[a] for a in axes]))
     if dim % size:
-      raise ValueError(f'sharding rule ({pattern!r}, {spec}) splits {name} of shape {shape} '
-                       f'{size} ways along a dimension of {dim}; change the rule or its regex')
+      raise ConfigError(f'sharding rule ({pattern!r}, {spec}) splits {name} of shape {shape} '
+                        f'{size} ways along a dimension of {dim}; change the rule or its regex')
 
 
 def init_state(init: Callable[[], Any], mesh: Mesh, rules: ShardingRules = (), *,

@@ -117,7 +117,7 @@ def test_rules_take_precedence_over_fsdp():
                                        **FSDP)
   assert tuple(shardings.params['encoder']['kernel'].spec) == (None, 'data')
   assert tuple(shardings.opt_state[0].nu['encoder']['kernel'].spec) == (None, 'data')
-  with pytest.raises(ValueError, match='splits params/head/kernel of shape'):
+  with pytest.raises(ConfigError, match='splits params/head/kernel of shape'):
     parallel.state_shardings(state, mesh, [('head/kernel', P(None, 'data'))])
 
 
@@ -203,3 +203,12 @@ def test_fsdp_outside_a_mesh_is_a_config_error(mode, tmp_path):
   with pytest.raises(ConfigError, match=f"parallel.mode='{mode}' keeps a whole copy"):
     loop.train(config, tmp_path, progress=False)
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_a_rule_that_splits_an_indivisible_dimension_is_one_line_from_the_cli(tmp_path, capsys):
+  rule = "--config.parallel.rules=(('stage0_conv0/kernel', ('data',)),)"
+  assert cli.main(['pretrain', '--config', PRETRAIN, '--workdir', str(tmp_path), '--no-progress',
+                   rule]) == 2
+  err = capsys.readouterr().err
+  assert "splits params/encoder/stage0_conv0/kernel of shape (3, 3, 4, 4) 8 ways" in err
+  assert 'Traceback' not in err
