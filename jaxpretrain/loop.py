@@ -454,8 +454,8 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
     loader.set_state(data_state)
     logging.info('resuming %s from step %d', workdir, int(state.step))
   engine = make_engine(config.parallel.mode, objective, eval_objective, state,
-                       sharding=sharding(config), grad_accum=cfg_t.get('grad_accum', 1), clip=cfg_t.get('clip') or None,
-                       ema_decay=decay)
+                       sharding=sharding(config), grad_accum=cfg_t.get('grad_accum', 1),
+                       clip=cfg_t.get('clip') or None, ema_decay=decay)
   placed = engine.place_state(state)
   log = MetricsLog(workdir)
   step = int(state.step)
