@@ -95,7 +95,7 @@ def axis_name(config: Config) -> str | None:
   return parallel.PMAP_AXIS if config.parallel.get('mode') == 'pmap' else None
 
 
-def sharding(config: Config) -> dict[str, Any]:
+def sharding_options(config: Config) -> dict[str, Any]:
   """How a run shards its state over the mesh: `parallel.state_shardings`'s options, checked.
 
   `parallel.fsdp` and `parallel.rules` of the config (see docs/sharding.md).
@@ -111,9 +111,9 @@ def make_engine(mode: str, objective: Objective, eval_objective: Objective, stat
                 *, sharding: dict[str, Any] | None = None, **step_options: Any) -> Engine:
   """The jitted train, eval and predict steps of `parallel.mode` ('mesh', 'pmap' or 'single').
 
-  `state` (or its shapes) fixes the shardings, with `sharding` (from `sharding`)
-  on a mesh; `step_options` (`grad_accum`, `clip`, `ema_decay`) configure the
-  train step (`step.make_train_step`).
+  `state` (or its shapes) fixes the shardings, with `sharding` (from
+  `sharding_options`) on a mesh; `step_options` (`grad_accum`, `clip`,
+  `ema_decay`) configure the train step (`step.make_train_step`).
   """
   if mode == 'mesh':
     mesh = parallel.make_mesh()
@@ -331,7 +331,7 @@ def initial_state(config: Config, ft_cfg: Config | None, total_steps: int,
                          example_batch=example)
     return ema.init(state) if decay else state
 
-  layout = sharding(config)
+  layout = sharding_options(config)
   if layout['fsdp'] or layout['rules']:
     return parallel.init_state(init, parallel.make_mesh(), **layout)
   return init()
@@ -454,8 +454,9 @@ def train(config: Config, workdir: str | pathlib.Path, *, kind: str = 'pretrain'
     loader.set_state(data_state)
     logging.info('resuming %s from step %d', workdir, int(state.step))
   engine = make_engine(config.parallel.mode, objective, eval_objective, state,
-                       sharding=sharding(config), grad_accum=cfg_t.get('grad_accum', 1),
-                       clip=cfg_t.get('clip') or None, ema_decay=decay)
+                       sharding=sharding_options(config),
+                       grad_accum=cfg_t.get('grad_accum', 1), clip=cfg_t.get('clip') or None,
+                       ema_decay=decay)
   placed = engine.place_state(state)
   log = MetricsLog(workdir)
   step = int(state.step)
@@ -609,7 +610,7 @@ def evaluate_splits(config: Config, workdir: str | pathlib.Path, splits: Sequenc
   if raw:
     state = state.replace(extra={k: v for k, v in state.extra.items() if k != ema.KEY})
   engine = make_engine(config.parallel.mode, objective, objective, state,
-                       sharding=sharding(config))
+                       sharding=sharding_options(config))
   placed = engine.place_state(state)
   results = {}
   for split, source in sources.items():
