@@ -190,6 +190,10 @@ class Checkpointer:
   def restore(self, target: Any, *, step: StepSpec = None) -> tuple[Any, Any]:
     """Restores the state into `target`'s structure, shardings and types.
 
+    The saved arrays are whole, so `target` may shard them over any mesh: each
+    device reads only its shards (`parallel.abstract_state` gives such a
+    target, e.g. FSDP on 4 devices for a state saved on 8).
+
     Args:
       target: a train state (or abstract one) of the model being resumed.
       step: an int, 'latest' (default) or 'best'.

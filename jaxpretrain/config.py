@@ -5,12 +5,14 @@ import dataclasses
 import difflib
 import importlib.util
 import pathlib
+import re
 import types
 from collections.abc import Sequence
 
+from jax.sharding import PartitionSpec
 import ml_collections
 
-from jaxpretrain import paths
+from jaxpretrain import parallel, paths
 from jaxpretrain.errors import ConfigError
 
 Config = ml_collections.ConfigDict
@@ -142,8 +144,58 @@ def run_config() -> Config:
       lora=dict(rank=0, alpha=0.0, targets='encoder/.*kernel', dropout=0.0),
       freeze='', linear_probe=False, bitfit=False, weight_decay=0.0, weight_decay_mask='',
       l2sp=0.0, unfreeze_schedule=(), lr_multipliers=(), layerwise_lr_decay=0.0, stacked=''))
-  c.parallel = Config(dict(mode='mesh'))
+  # fsdp: shard every state leaf of at least fsdp_min_bytes over the data axis; rules:
+  # ((regex, spec), ...) with spec a tuple of mesh axes or None per dimension, e.g.
+  # (('.*embedding', ('data', None)),), taking precedence (docs/sharding.md).
+  c.parallel = Config(dict(mode='mesh', fsdp=False, fsdp_min_bytes=parallel.FSDP_MIN_BYTES,
+                           rules=()))
   return c
+
+
+def sharding_rules(rules: Sequence) -> list[tuple[str, PartitionSpec]]:
+  """A config's `parallel.rules` as `(regex, PartitionSpec)` pairs, each checked.
+
+  Raises:
+    ConfigError: naming the first rule that is not `(regex, spec)` with a valid
+      regex and a spec of mesh axis names (or None) per dimension.
+  """
+  out = []
+  for rule in rules:
+    problem = _rule_problem(rule)
+    if problem:
+      raise ConfigError(f'parallel.rules: {rule!r} {problem}; write each rule as (regex, spec), '
+                        f"e.g. ('.*embedding', ('{parallel.DATA_AXIS}', None))")
+    out.append((rule[0], PartitionSpec(*rule[1])))
+  return out
+
+
+def _rule_problem(rule) -> str | None:
+  """What is wrong with one sharding rule of a config, or None."""
+  if not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str):
+    return 'is not a pair of a regex and a spec'
+  try:
+    re.compile(rule[0])
+  except re.error as e:
+    return f'has an invalid regex ({e})'
+  if not isinstance(rule[1], (tuple, list)):
+    return 'has a spec that is not a tuple with one entry per dimension'
+  for entry in rule[1]:
+    axes = entry if isinstance(entry, (tuple, list)) else (entry,)
+    if entry is not None and any(a != parallel.DATA_AXIS for a in axes):
+      return (f'names a mesh axis other than {parallel.DATA_AXIS!r} (the run mesh has only '
+              f'that one) in {entry!r}; use {parallel.DATA_AXIS!r} or None')
+  return None
+
+
+def check_parallel(cfg: Config) -> None:
+  """Refuses a `parallel` section whose sharding its mode cannot do."""
+  sharded = cfg.get('fsdp', False) or cfg.get('rules', ())
+  mode = cfg.get('mode', 'mesh')
+  if sharded and mode != 'mesh':
+    what = 'parallel.fsdp=True' if cfg.get('fsdp', False) else 'parallel.rules'
+    raise ConfigError(f'{what} shards the state over a mesh, and parallel.mode={mode!r} keeps '
+                      "a whole copy on every device; set parallel.mode='mesh'")
+  sharding_rules(cfg.get('rules', ()))
 
 
 # The least value each numeric key of a run config can take; below it a run would
@@ -154,7 +206,7 @@ _LEAST = {
     'data.validation_per_class': 0, 'train.steps': 0, 'train.eval_every_steps': 0,
     'train.log_every': 1, 'train.grad_accum': 1, 'train.clip': 0.0,
     'optimizer.weight_decay': 0.0, 'optimizer.warmup_steps': 0, 'checkpoint.save_every': 0,
-    'checkpoint.keep_last': 1, 'checkpoint.keep_best': 0,
+    'checkpoint.keep_last': 1, 'checkpoint.keep_best': 0, 'parallel.fsdp_min_bytes': 0,
 }
 
 
@@ -174,3 +226,4 @@ def check_values(config: Config) -> None:
   if not get('train.steps') and (get('train.epochs') or 0) < 1:
     raise ConfigError(f'train.epochs={get("train.epochs")} trains no step; set it to at least '
                       '1, or set train.steps')
+  check_parallel(config.get('parallel', Config()))

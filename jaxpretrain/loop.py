@@ -91,23 +91,38 @@ def axis_name(config: Config) -> str | None:
   return parallel.PMAP_AXIS if config.parallel.get('mode') == 'pmap' else None
 
 
+def sharding_options(config: Config) -> dict[str, Any]:
+  """How a run shards its state over the mesh: `parallel.state_shardings`'s options, checked.
+
+  `parallel.fsdp` and `parallel.rules` of the config (see docs/sharding.md).
+  """
+  cfg = config.parallel
+  config_lib.check_parallel(cfg)
+  return dict(rules=config_lib.sharding_rules(cfg.get('rules', ())),
+              fsdp=bool(cfg.get('fsdp', False)),
+              fsdp_min_bytes=cfg.get('fsdp_min_bytes', parallel.FSDP_MIN_BYTES))
+
+
 def make_engine(mode: str, objective: Objective, eval_objective: Objective, state: TrainState,
-                **step_options: Any) -> Engine:
+                *, sharding: dict[str, Any] | None = None, **step_options: Any) -> Engine:
   """The jitted train, eval and predict steps of `parallel.mode` ('mesh', 'pmap' or 'single').
 
-  `state` fixes the shardings; `step_options` (`grad_accum`, `clip`, `ema_decay`)
-  configure the train step (`step.make_train_step`).
+  `state` (or its shapes) fixes the shardings, with `sharding` (from
+  `sharding_options`) on a mesh; `step_options` (`grad_accum`, `clip`,
+  `ema_decay`) configure the train step (`step.make_train_step`).
   """
   if mode == 'mesh':
     mesh = parallel.make_mesh()
+    layout = sharding or {}
     return Engine(
-        place_state=lambda s: parallel.place_state(s, mesh), host_state=lambda s: s,
+        place_state=lambda s: parallel.place_state(s, mesh, **layout), host_state=lambda s: s,
         place_batch=lambda b: parallel.shard_batch(b, mesh),
         train_step=parallel.jit(make_train_step(objective, **step_options),
-                                mesh, state),
-        eval_step=parallel.jit(make_eval_step(eval_objective), mesh, state, donate=False),
+                                mesh, state, **layout),
+        eval_step=parallel.jit(make_eval_step(eval_objective), mesh, state, donate=False,
+                               **layout),
         unbatch_metrics=lambda m: m,
-        predict=parallel.jit(_predict, mesh, state, donate=False))
+        predict=parallel.jit(_predict, mesh, state, donate=False, **layout))
   if mode == 'pmap':
     axis = parallel.PMAP_AXIS
     predict = parallel.pmap(_predict, donate=False)
@@ -295,16 +310,27 @@ def initial_state(config: Config, ft_cfg: Config | None, total_steps: int,
 
   Under `parallel.mode='pmap'` its BatchNorm layers average over all devices. With
   `train.ema_decay` it keeps an average of its parameters for evaluation (`ema`).
+  A run that shards its state (`parallel.fsdp`, `parallel.rules`) initialises it
+  straight into its shardings on the mesh (`parallel.init_state`).
   """
   schedule = build.learning_rate(config.optimizer, total_steps)
   build.check_position_encoding(config.model, (ft_cfg or {}).get('pretrained', ''))
   model = build.model(config.model)
   if config.parallel.get('mode') == 'pmap':
     model = sync_batch_norm(model, parallel.PMAP_AXIS)
-  state = create_state(model, build.transform(ft_cfg, schedule),
-                       tx=build.optimizer(config.optimizer, total_steps),
-                       rng=jax.random.PRNGKey(config.seed), example_batch=example)
-  return ema.init(state) if ema_decay(config) else state
+  transform = build.transform(ft_cfg, schedule)
+  tx = build.optimizer(config.optimizer, total_steps)
+  decay = ema_decay(config)
+
+  def init() -> TrainState:
+    state = create_state(model, transform, tx=tx, rng=jax.random.PRNGKey(config.seed),
+                         example_batch=example)
+    return ema.init(state) if decay else state
+
+  layout = sharding_options(config)
+  if layout['fsdp'] or layout['rules']:
+    return parallel.init_state(init, parallel.make_mesh(), **layout)
+  return init()
 
 
 def ema_decay(config: Config) -> float:
@@ -424,6 +450,7 @@ def train(config: Config, workdir: paths.PathLike, *, kind: str = 'pretrain',
     loader.set_state(data_state)
     logging.info('resuming %s from step %d', workdir, int(state.step))
   engine = make_engine(config.parallel.mode, objective, eval_objective, state,
+                       sharding=sharding_options(config),
                        grad_accum=cfg_t.get('grad_accum', 1), clip=cfg_t.get('clip') or None,
                        ema_decay=decay)
   placed = engine.place_state(state)
@@ -578,7 +605,8 @@ def evaluate_splits(config: Config, workdir: paths.PathLike, splits: Sequence[st
     state, _ = ckpt.restore(ema.init(state) if raw else state, step=step)
   if raw:
     state = state.replace(extra={k: v for k, v in state.extra.items() if k != ema.KEY})
-  engine = make_engine(config.parallel.mode, objective, objective, state)
+  engine = make_engine(config.parallel.mode, objective, objective, state,
+                       sharding=sharding_options(config))
   placed = engine.place_state(state)
   results = {}
   for split, source in sources.items():

@@ -14,7 +14,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from jaxpretrain import tree as tree_lib
-from jaxpretrain.errors import BatchError
+from jaxpretrain.errors import BatchError, ConfigError
 
 DATA_AXIS = 'data'
 PMAP_AXIS = 'batch'
@@ -61,33 +61,114 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def state_shardings(state: Any, mesh: Mesh, rules: ShardingRules = ()) -> Any:
-  """Shardings for a whole train state.
+# Leaves smaller than this stay replicated under FSDP: biases and norm scales save
+# little memory sharded, and each sharded leaf costs an all-gather per step.
+FSDP_MIN_BYTES = 2**18
 
-  Parameters (and the optimizer moments that mirror them) are matched by ordered
-  `(regex, PartitionSpec)` rules over their `/`-joined paths; the first match
-  wins and anything unmatched is replicated. With no rules, everything is
-  replicated, which is plain data parallelism.
+
+def _nbytes(leaf: Any) -> int:
+  return int(np.prod(np.shape(leaf))) * np.dtype(getattr(leaf, 'dtype', np.float32)).itemsize
+
+
+def fsdp_spec(shape: Sequence[int], n: int, *, axis: str = DATA_AXIS) -> P:
+  """Splits the largest dimension of `shape` divisible by `n` over `axis` (replicated if none).
+
+  Adam's moments and an EMA mirror their parameter's shape, so they get the
+  same spec as the parameter they belong to.
   """
-  compiled = [(re.compile(p), spec) for p, spec in rules]
+  if n <= 1:
+    return P()
+  fits = [i for i in np.argsort([-d for d in shape], kind='stable') if shape[i] % n == 0]
+  if not fits:
+    return P()
+  return P(*[axis if i == fits[0] else None for i in range(len(shape))])
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: ShardingRules = (), *, fsdp: bool = False,
+                    fsdp_min_bytes: int = FSDP_MIN_BYTES) -> Any:
+  """Shardings for a whole train state (or any pytree of arrays or their shapes).
+
+  Leaves are matched by ordered `(regex, PartitionSpec)` rules over their
+  `/`-joined paths (`re.search`, so `.*embedding` also matches the optimizer
+  moments under `opt_state/...`); the first match wins. With `fsdp`, an
+  unmatched leaf of at least `fsdp_min_bytes` is split over the `data` axis
+  along its largest divisible dimension (`fsdp_spec`): parameters, optimizer
+  state, averages and model state alike. Anything else is replicated. With no
+  rules and no `fsdp`, everything is replicated: plain data parallelism.
+
+  Raises:
+    ConfigError: when a rule names an axis the mesh lacks, or splits a
+      dimension its axes do not divide.
+  """
+  compiled = [(re.compile(p), p, spec) for p, spec in rules]
+  n = mesh.shape.get(DATA_AXIS, 1)
 
   def spec_for(path, leaf) -> NamedSharding:
     name = tree_lib.key_path_str(path)
-    for regex, spec in compiled:
-      if regex.search(name) and len(spec) <= getattr(leaf, 'ndim', 0):
+    shape = tuple(np.shape(leaf))
+    for regex, pattern, spec in compiled:
+      if regex.search(name) and len(spec) <= len(shape):
+        _check_rule(name, shape, pattern, spec, mesh)
         return NamedSharding(mesh, spec)
+    if fsdp and _nbytes(leaf) >= fsdp_min_bytes:
+      return NamedSharding(mesh, fsdp_spec(shape, n))
     return replicated(mesh)
 
   return jax.tree_util.tree_map_with_path(spec_for, state)
 
 
-def place_state(state: Any, mesh: Mesh, rules: ShardingRules = ()) -> Any:
+def _check_rule(name: str, shape: tuple[int, ...], pattern: str, spec: P, mesh: Mesh) -> None:
+  """Refuses a rule that jit would reject with a message naming neither rule nor leaf."""
+  for dim, axes in zip(shape, spec):
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    unknown = [a for a in axes if a not in mesh.shape]
+    if unknown:
+      raise ConfigError(f'sharding rule ({pattern!r}, {spec}) names mesh axes {unknown}; '
+                        f'the mesh has {list(mesh.shape)}')
+    size = int(np.prod([mesh.shape[a] for a in axes]))
+    if dim % size:
+      raise ConfigError(f'sharding rule ({pattern!r}, {spec}) splits {name} of shape {shape} '
+                        f'{size} ways along a dimension of {dim}; change the rule or its regex')
+
+
+def init_state(init: Callable[[], Any], mesh: Mesh, rules: ShardingRules = (), *,
+               fsdp: bool = False, fsdp_min_bytes: int = FSDP_MIN_BYTES) -> Any:
+  """Runs `init` (e.g. a `create_state` closure) straight into its shardings.
+
+  Shapes first: `jax.eval_shape` gives the state's shapes, `state_shardings`
+  their shardings, and `init` is jitted with those as `out_shardings`, so no
+  device ever holds the whole state when it is sharded.
+
+  Args:
+    init: a traceable function of no arguments returning the state.
+    mesh: from `make_mesh`.
+    rules, fsdp, fsdp_min_bytes: see `state_shardings`.
+  """
+  shardings = state_shardings(jax.eval_shape(init), mesh, rules, fsdp=fsdp,
+                              fsdp_min_bytes=fsdp_min_bytes)
+  return jax.jit(init, out_shardings=shardings)()
+
+
+def abstract_state(state: Any, mesh: Mesh, rules: ShardingRules = (), *, fsdp: bool = False,
+                   fsdp_min_bytes: int = FSDP_MIN_BYTES) -> Any:
+  """`state`'s shapes and dtypes with their shardings on `mesh`, as `jax.ShapeDtypeStruct`s.
+
+  A target for `checkpoint.Checkpointer.restore`: a checkpoint saved on any
+  mesh is read straight into these shardings, shard by shard.
+  """
+  shardings = state_shardings(state, mesh, rules, fsdp=fsdp, fsdp_min_bytes=fsdp_min_bytes)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
+                      state, shardings)
+
+
+def place_state(state: Any, mesh: Mesh, rules: ShardingRules = (), *, fsdp: bool = False,
+                fsdp_min_bytes: int = FSDP_MIN_BYTES) -> Any:
   """Copies a state onto the mesh with `state_shardings`.
 
   The copy never aliases the input, so donating the placed state to a step
   leaves the original intact.
   """
-  shardings = state_shardings(state, mesh, rules)
+  shardings = state_shardings(state, mesh, rules, fsdp=fsdp, fsdp_min_bytes=fsdp_min_bytes)
   # device_put may hand back the very buffer it was given; a jitted copy never does.
   placed = jax.device_put(state, shardings)
   return jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=shardings)(placed)
@@ -121,18 +202,23 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
 
 
 def jit(step: Callable, mesh: Mesh, state: Any, *, rules: ShardingRules = (),
+        fsdp: bool = False, fsdp_min_bytes: int = FSDP_MIN_BYTES,
         donate: bool = True) -> Callable:
-  """Jits a step over a mesh: state sharded by `rules`, batch split over `data`.
+  """Jits a step over a mesh: state sharded by `rules` (and `fsdp`), batch split over `data`.
+
+  Under FSDP, XLA gathers each sharded parameter where the step uses it and
+  reduce-scatters its gradient, so the step's numbers are those of plain data
+  parallelism.
 
   Args:
     step: `(state, batch) -> (state, metrics)`, or `(state, batch) -> metrics`
       for an eval step.
     mesh: from `make_mesh`.
     state: a train state (or its `jax.eval_shape`) fixing the state's shardings.
-    rules: sharding rules, see `state_shardings`.
+    rules, fsdp, fsdp_min_bytes: see `state_shardings`.
     donate: donate the input state's buffers to the output (train steps).
   """
-  s_state = state_shardings(state, mesh, rules)
+  s_state = state_shardings(state, mesh, rules, fsdp=fsdp, fsdp_min_bytes=fsdp_min_bytes)
   s_batch = batch_sharding(mesh)
   out = replicated(mesh)
   return jax.jit(step, in_shardings=(s_state, s_batch),

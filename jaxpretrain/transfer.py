@@ -200,7 +200,8 @@ def cached_features(config: Config, workdir: paths.PathLike, *, split: str = 'te
                                 _load(cache / f'{role}_labels.npy')) for role in _ROLES}
   objective = build.objective(config.objective, tokenizer=tokenizer,
                               axis_name=loop.axis_name(config))
-  engine = loop.make_engine(config.parallel.mode, objective, objective, state)
+  engine = loop.make_engine(config.parallel.mode, objective, objective, state,
+                            sharding=loop.sharding_options(config))
   placed = engine.place_state(state)
   label_key = config.objective.get('label_key', 'label')
   out = {role: _extract(engine, placed, source, batch_size=batch_size, label_key=label_key,

@@ -1,8 +1,9 @@
-"""One process of the multi-host test: 3 data-parallel steps on a global mesh.
+"""One process of the multi-host test: 3 steps on a global mesh, replicated then with FSDP.
 
-Usage: python -m tests.multihost_worker NUM_PROCESSES PROCESS_ID PORT LOCAL_DEVICES
-With NUM_PROCESSES=1 it runs alone (no coordinator), as the reference.
-Prints one JSON line: the loss of each step.
+Usage: python -m tests.multihost_worker NUM_PROCESSES PROCESS_ID PORT LOCAL_DEVICES CKPT_DIR
+With NUM_PROCESSES=1 it runs alone (no coordinator), as the reference. The FSDP
+run's final state is saved in CKPT_DIR (by every process together). Prints one
+JSON line: the loss of each step of each run.
 """
 
 import json
@@ -11,6 +12,7 @@ import sys
 import jax
 
 num_processes, process_id, port, local_devices = map(int, sys.argv[1:5])
+ckpt_dir = sys.argv[5]
 jax.config.update('jax_num_cpu_devices', local_devices)
 jax.config.update('jax_cpu_collectives_implementation', 'gloo')
 
@@ -21,24 +23,41 @@ if num_processes > 1:
 
 import optax  # pylint: disable=g-import-not-at-top
 
+from jaxpretrain import checkpoint  # pylint: disable=g-import-not-at-top
 from jaxpretrain.finetune import create_state, identity  # pylint: disable=g-import-not-at-top
 from jaxpretrain.objectives import classification  # pylint: disable=g-import-not-at-top
 from jaxpretrain.step import make_train_step  # pylint: disable=g-import-not-at-top
 from tests.helpers import image_batch, tiny_classifier  # pylint: disable=g-import-not-at-top
 
 GLOBAL_BATCH = 16
+# Every leaf with a dimension divisible by the 4 devices is split over them.
+FSDP = dict(fsdp=True, fsdp_min_bytes=0)
 batches = [image_batch(GLOBAL_BATCH, seed=s) for s in range(3)]
-state = create_state(tiny_classifier(), identity(), tx=optax.adamw(1e-2),
-                     rng=jax.random.PRNGKey(0), example_batch=batches[0])
 mesh = parallel.make_mesh()
 assert mesh.size == 4, mesh
-step = parallel.jit(make_train_step(classification()), mesh, state)
-state = parallel.place_state(state, mesh)
 per_process = GLOBAL_BATCH // num_processes
-losses = []
-for batch in batches:
-  local = {k: v[process_id * per_process:(process_id + 1) * per_process]
-           for k, v in batch.items()}
-  state, metrics = step(state, parallel.shard_batch(local, mesh))
-  losses.append(float(metrics['loss']))
-print(json.dumps({'process': process_id, 'losses': losses}))
+
+
+def init():
+  return create_state(tiny_classifier(), identity(), tx=optax.adamw(1e-2),
+                      rng=jax.random.PRNGKey(0), example_batch=batches[0])
+
+
+def train(state, **sharding):
+  step = parallel.jit(make_train_step(classification()), mesh, state, **sharding)
+  losses = []
+  for batch in batches:
+    local = {k: v[process_id * per_process:(process_id + 1) * per_process]
+             for k, v in batch.items()}
+    state, metrics = step(state, parallel.shard_batch(local, mesh))
+    losses.append(float(metrics['loss']))
+  return state, losses
+
+
+_, replicated = train(parallel.place_state(init(), mesh))
+state, fsdp = train(parallel.init_state(init, mesh, **FSDP), **FSDP)
+kernel = state.params['head']['dense']['kernel']
+assert kernel.sharding.spec == parallel.fsdp_spec(kernel.shape, 4), kernel.sharding
+with checkpoint.Checkpointer(ckpt_dir, save_every=1, async_save=False) as ckpt:
+  ckpt.save(state, force=True)
+print(json.dumps({'process': process_id, 'replicated': replicated, 'fsdp': fsdp}))
