@@ -2,9 +2,11 @@
 
 Each runs in a fresh IPython kernel of this interpreter (ipykernel's `python3`), importing
 this checkout's `jaxpretrain`, with parameters injected after the notebook's `parameters`
-cell as papermill injects them; a last cell reports what the notebook computed.
+cell as papermill injects them; a last cell reports the notebook's `results` (its scores),
+the kernel's interpreter and devices.
 """
 
+import ast
 import json
 import os
 import pathlib
@@ -28,7 +30,8 @@ def run_notebook(name: str, parameters: dict, workdir: pathlib.Path) -> dict:
   nb = nbformat.read(ROOT / 'examples' / name, as_version=4)
   tagged = [i for i, c in enumerate(nb.cells) if 'parameters' in c.metadata.get('tags', ())]
   assert len(tagged) == 1, f'{name} needs exactly one cell tagged parameters'
-  assert set(parameters) <= _assigned(nb.cells[tagged[0]].source), 'unknown parameter'
+  unknown = set(parameters) - _assigned(nb.cells[tagged[0]].source)
+  assert not unknown, f'{name} has no parameters {sorted(unknown)}'
   injected = nbformat.v4.new_code_cell('\n'.join(f'{k} = {v!r}' for k, v in parameters.items()),
                                        metadata={'tags': ['injected-parameters']})
   nb.cells.insert(tagged[0] + 1, injected)
@@ -43,7 +46,6 @@ def run_notebook(name: str, parameters: dict, workdir: pathlib.Path) -> dict:
 
 def _assigned(source: str) -> set[str]:
   """The names a parameters cell assigns at top level."""
-  import ast  # pylint: disable=g-import-not-at-top
   names = set()
   for node in ast.parse(source).body:
     for target in getattr(node, 'targets', []):
@@ -60,7 +62,8 @@ def _check_kernel(report: dict) -> None:
 def test_functional_api_notebook(tmp_path):
   report = run_notebook('functional_api.ipynb', dict(
       PRETRAIN_STEPS=10, FINETUNE_STEPS=30, BATCH_SIZE=32, LABELS_PER_CLASS=20,
-      WIDTH=32, DEPTH=2, HEADS=2, TEST_EXAMPLES=1000, EVAL_BATCH_SIZE=500), tmp_path)
+      WIDTH=32, DEPTH=1, HEADS=2, TRAIN_IMAGES=2000, TEST_EXAMPLES=1000,
+      EVAL_BATCH_SIZE=500), tmp_path)
   _check_kernel(report)
   results = report['results']
   assert set(results) == {'pre-trained', 'from scratch'}
