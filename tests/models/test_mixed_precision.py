@@ -181,13 +181,15 @@ def test_bfloat16_halves_what_a_transformer_keeps_for_its_backward_pass():
 PRETRAIN = 'configs/fashion_mnist_pretrain.py:tiny'
 
 
-def test_the_cli_trains_in_bfloat16_and_the_checkpoint_keeps_the_dtype(tmp_path):
-  args = ['pretrain', '--config', PRETRAIN, '--config.model.dtype=bfloat16', '--workdir',
-          str(tmp_path), '--no-progress']
-  assert cli.main(args) == 0
+def test_the_cli_trains_in_bfloat16_keeps_the_dtype_and_resumes_in_float32(tmp_path):
+  args = ['pretrain', '--config', PRETRAIN, '--workdir', str(tmp_path), '--no-progress']
+  assert cli.main([*args, '--config.model.dtype=bfloat16']) == 0
   saved = checkpoint.read_manifest(tmp_path)['config']['model']
   assert saved['dtype'] == 'bfloat16' and saved['layers'] == 'fast'
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(checkpoint.restore_params(tmp_path)))
+  # The float32 parameters continue in another dtype: it is not another model.
+  assert cli.main([*args, '--config.train.steps=6']) == 0
+  assert checkpoint.read_manifest(tmp_path)['step'] == 6
 
 
 @pytest.mark.parametrize('override, message', [
