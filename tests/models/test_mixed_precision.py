@@ -107,6 +107,28 @@ def test_every_family_trains_a_bfloat16_step_with_float32_parameters_and_outputs
       assert outputs[name].dtype == jnp.float32, name
 
 
+# The dtype of each sum and of each normalisation's 1 / sqrt(variance + eps), in a jaxpr.
+_SUM = re.compile(r':(\w+)\[[\d,]*\] = reduce_sum\b')
+_RSQRT = re.compile(r':(\w+)\[[\d,]*\] = rsqrt\b')
+
+
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_normalisation_statistics_and_sums_of_a_bfloat16_forward_pass_are_float32(family):
+  """Flax normalises half floats in float32 (its default `force_float32_reductions`).
+
+  With `force_float32_reductions=False` the statistics would be bfloat16 and this fails.
+  """
+  section, _, kind = FAMILIES[family]
+  model = build.model(Config({**section, 'dtype': 'bfloat16'}))
+  batch, rngs = _batch(kind), {'dropout': jax.random.PRNGKey(0)}
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))
+  forward = str(jax.make_jaxpr(lambda v: model.apply(v, batch, train=True, rngs=rngs,
+                                                     mutable=['batch_stats']))(variables))
+  for pattern in (_SUM, _RSQRT):
+    dtypes = pattern.findall(forward)
+    assert dtypes and set(dtypes) == {'f32'}, (pattern.pattern, dtypes)
+
+
 def test_an_unknown_dtype_is_a_config_error_naming_the_valid_ones():
   with pytest.raises(ConfigError, match=r"unknown model.dtype 'int8'.*bfloat16.*float16.*float32"):
     _state('conv_classifier', 'int8')
