@@ -6,6 +6,7 @@ import inspect
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -19,7 +20,8 @@ from jaxpretrain.models import (INCEPTION_PRESETS, PRESETS, RESNET_PRESETS, VGG_
                                 ContrastiveModel, ConvDecoder, ConvEncoder, GPTForCausalLM,
                                 MaskedAutoencoder, PixelShuffleDecoder, PretextClassifier,
                                 SequenceClassifier, TransformerConfig, inception, make_apply_fn,
-                                resnet, vgg, vit)
+                                resnet, set_fields, vgg, vit)
+from jaxpretrain.models.layers import layer_set
 from jaxpretrain.models.transformer import check_fields as check_transformer_fields
 from jaxpretrain import objectives
 from jaxpretrain.objectives import mixing
@@ -262,9 +264,28 @@ MIXES: dict[str, Callable[[Config], mixing.Mix]] = {
 }
 
 
+# Compute dtypes by `model.dtype`. Parameters and optimizer state stay float32 in each;
+# logits, losses and normalisation statistics are float32 too.
+DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
+                          'float16': jnp.float16}
+
+
+def compute_dtype(cfg: Config) -> Any:
+  """The JAX dtype a model section's `dtype` names ('float32' where it has none)."""
+  return _pick(DTYPES, cfg.get('dtype', 'float32'), 'model.dtype')
+
+
 def model(cfg: Config) -> nn.Module:
-  """The model named by `cfg.name`."""
-  return _pick(MODELS, cfg.name, 'model')(cfg)
+  """The model named by `cfg.name`, computing in `cfg.dtype` with the layers `cfg.layers`.
+
+  Both apply to every part of the model that has the field (encoder,
+  decoder, heads, Transformer config); `layers` ('fast' or 'flax', see
+  `models.layers.LAYER_SETS`) only changes the Transformer families.
+  """
+  layers = cfg.get('layers', 'fast')
+  layer_set(layers)
+  return set_fields(_pick(MODELS, cfg.name, 'model')(cfg), dtype=compute_dtype(cfg),
+                    layers=layers)
 
 
 def _augment(cfg: Config | None, section: str = 'augment') -> augment_lib.Augment | None:

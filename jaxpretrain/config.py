@@ -41,8 +41,30 @@ def load(spec: str) -> Config:
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'{path} defines no get_config()')
   config = module.get_config(variant or None)
+  add_model_switches(config)
   config.lock()  # Unknown keys are errors, not silently new fields.
   return config
+
+
+# Keys of every model section, whatever the family: how the model computes, not what it
+# is (`build.model` applies them; checkpoints load into any of their values).
+MODEL_SWITCHES = {'dtype': 'float32', 'layers': 'fast'}
+
+
+def add_model_switches(config: Config) -> None:
+  """Adds `MODEL_SWITCHES` to every model section (a `model` with a `name`) lacking them.
+
+  Config files replace the whole section (`c.model = dict(name=...)`); this
+  keeps `--config.model.dtype=bfloat16` settable in each, recipes' runs too.
+  """
+  for key, value in config.items():
+    if not isinstance(value, ml_collections.ConfigDict):
+      continue
+    if key == 'model' and 'name' in value:
+      for switch, default in MODEL_SWITCHES.items():
+        if switch not in value:
+          value[switch] = default
+    add_model_switches(value)
 
 
 def _valid_keys(config: Config, prefix: str = '') -> list[str]:
@@ -99,8 +121,9 @@ def override(config: Config, assignments: Sequence[str]) -> Config:
   return config
 
 
-# Fields of `TransformerConfig` that describe the run's computation, not the model.
-_RUNTIME_FIELDS = ('dtype', 'decode')
+# Fields of `TransformerConfig` that describe the run's computation, not the model: the
+# model section's `dtype` and `layers` set the first two for every family.
+_RUNTIME_FIELDS = ('dtype', 'layers', 'decode')
 
 
 def transformer_section(preset: str, **fields) -> Config:
@@ -127,7 +150,8 @@ def run_config() -> Config:
   c.model = Config(dict(name='conv_classifier', num_classes=10, dropout=0.0,
                         encoder=dict(stages=((32, 32), (64, 64), (128, 128)), norm='batch',
                                      stem='none', downsample='max', pool='mean',
-                                     features=0, input_mean=0.0, input_std=1.0)))
+                                     features=0, input_mean=0.0, input_std=1.0),
+                        **MODEL_SWITCHES))
   c.objective = Config(dict(name='classification'))
   c.augment = Config(dict(name='none'))
   # Mixup or cutmix of a classifier's training batches (`build.MIXES`).

@@ -370,8 +370,10 @@ def _checkpointer(config: Config, workdir: epath.Path, kind: str, *,
       best_metric=cfg.get('best_metric') or None, best_mode=cfg.get('best_mode', 'max'),
       manifest={'config': json.loads(config.to_json_best_effort()), 'kind': kind,
                 'finetune': list(build.transform(config.get('finetune')).spec)},
-      # Checkpoints of a different model, objective or kind of run never mix with these.
-      run_identity={'kind': kind, 'model': config.model.to_dict(),
+      # Checkpoints of a different model, objective or kind of run never mix with these;
+      # its compute dtype and layers may change (a float32 run resumed in bfloat16).
+      run_identity={'kind': kind, 'model': {k: v for k, v in config.model.to_dict().items()
+                                            if k not in config_lib.MODEL_SWITCHES},
                     'objective': config.objective.name})
 
 

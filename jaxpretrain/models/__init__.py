@@ -2,8 +2,8 @@
 
 from jaxpretrain.models.conv import (ConvDecoder, ConvEncoder, PixelShuffleDecoder, depth_to_space,
                                      space_to_depth)
-from jaxpretrain.models.core import init_variables, make_apply_fn, sync_batch_norm
-from jaxpretrain.models.layers import Dense, Dropout
+from jaxpretrain.models.core import init_variables, make_apply_fn, set_fields, sync_batch_norm
+from jaxpretrain.models.layers import LAYER_SETS, Dense, Dropout
 from jaxpretrain.models.heads import (Autoencoder, Classifier, ClassifierHead,
                                       PretextClassifier, ProjectionHead)
 from jaxpretrain.models.contrastive import ContrastiveModel

@@ -1,4 +1,9 @@
-"""Small convolutional encoder and decoder for low-resolution images."""
+"""Small convolutional encoder and decoder for low-resolution images.
+
+Each computes in its `dtype`, with float32 parameters and normalisation
+statistics (Flax reduces in float32 whatever the dtype); the decoders return
+float32 images.
+"""
 
 from collections.abc import Sequence
 import math
@@ -10,18 +15,18 @@ import jax.numpy as jnp
 
 
 def _norm(kind: str | None, train: bool, name: str, channels: int,
-          axis_name: str | None = None) -> Any:
+          axis_name: str | None = None, dtype: Any = jnp.float32) -> Any:
   """Normalisation layer by name; `None` for no normalisation."""
   if kind is None or kind == 'none':
     return lambda x: x
   if kind == 'batch':
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name=axis_name,
-                        name=name)
+                        dtype=dtype, name=name)
   if kind == 'layer':
-    return nn.LayerNorm(name=name)
+    return nn.LayerNorm(dtype=dtype, name=name)
   if kind == 'group':
     # Eight groups where the width allows, fewer for very narrow layers.
-    return nn.GroupNorm(num_groups=math.gcd(8, channels), name=name)
+    return nn.GroupNorm(num_groups=math.gcd(8, channels), dtype=dtype, name=name)
   raise ValueError(f"unknown norm {kind!r}; use 'batch', 'layer', 'group' or None")
 
 
@@ -67,6 +72,7 @@ class ConvEncoder(nn.Module):
     input_mean, input_std: inputs are standardised as `(x - mean) / std` first.
     bn_axis_name: the mapped axis BatchNorm averages its batch statistics over
       (under `pmap`); None for the batch on hand.
+    dtype: computation dtype (parameters stay float32).
   """
   stages: Sequence[Sequence[int]] = ((32, 32), (64, 64), (128, 128))
   norm: str | None = 'batch'
@@ -77,6 +83,7 @@ class ConvEncoder(nn.Module):
   input_mean: float = 0.0
   input_std: float = 1.0
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, image_BxHxWxC: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -90,10 +97,10 @@ class ConvEncoder(nn.Module):
       if s:
         x = pool(x, (2, 2), strides=(2, 2), padding='SAME')
       for c, width in enumerate(widths):
-        x = nn.Conv(width, (3, 3), use_bias=self.norm in (None, 'none'),
+        x = nn.Conv(width, (3, 3), use_bias=self.norm in (None, 'none'), dtype=self.dtype,
                     name=f'stage{s}_conv{c}')(x)
         x = nn.relu(_norm(self.norm, train, f'stage{s}_norm{c}', width,
-                             self.bn_axis_name)(x))
+                             self.bn_axis_name, self.dtype)(x))
     feature_map = x
     if self.pool == 'flatten':
       x = x.reshape(x.shape[0], -1)
@@ -102,7 +109,7 @@ class ConvEncoder(nn.Module):
     else:
       raise ValueError(f"unknown pool {self.pool!r}; use 'mean' or 'flatten'")
     if self.features:
-      x = nn.relu(nn.Dense(self.features, name='fc')(x))
+      x = nn.relu(nn.Dense(self.features, dtype=self.dtype, name='fc')(x))
     return {'features': x, 'feature_map': feature_map}
 
 
@@ -113,17 +120,20 @@ class ConvDecoder(nn.Module):
     widths: channels of each upsampling stage, from the deepest.
     out_channels: channels of the reconstructed image.
     out_size: `(height, width)` of the reconstructed image, or the side of a square one.
+    dtype: computation dtype (parameters stay float32); the image comes out float32.
   """
   widths: Sequence[int] = (64, 32)
   out_channels: int = 1
   out_size: int | tuple[int, int] = 28
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, feature_map_BxhxwxC: jax.Array, *, train: bool = False) -> jax.Array:
     x = feature_map_BxhxwxC
     for s, width in enumerate(self.widths):
-      x = nn.relu(nn.ConvTranspose(width, (3, 3), strides=(2, 2), name=f'up{s}')(x))
-    x = nn.Conv(self.out_channels, (3, 3), name='out')(x)
+      x = nn.relu(nn.ConvTranspose(width, (3, 3), strides=(2, 2), dtype=self.dtype,
+                                   name=f'up{s}')(x))
+    x = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name='out')(x).astype(jnp.float32)
     return jax.image.resize(x, (x.shape[0], *image_size(self.out_size), self.out_channels),
                             'bilinear')
 
@@ -141,10 +151,12 @@ class PixelShuffleDecoder(nn.Module):
     hidden: width of the MLP's hidden layer (0: a single linear layer).
     out_channels: channels of the reconstructed image.
     out_size: `(height, width)` of the reconstructed image, or the side of a square one.
+    dtype: computation dtype (parameters stay float32); the image comes out float32.
   """
   hidden: int = 256
   out_channels: int = 1
   out_size: int | tuple[int, int] = 28
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, feature_map_BxhxwxD: jax.Array, *, train: bool = False) -> jax.Array:
@@ -154,8 +166,9 @@ class PixelShuffleDecoder(nn.Module):
     block = max(1, -(-height // h)), max(1, -(-width // w))
     x = feature_map_BxhxwxD
     if self.hidden:
-      x = nn.gelu(nn.Dense(self.hidden, name='hidden')(x))
-    x = depth_to_space(nn.Dense(block[0] * block[1] * self.out_channels, name='pixels')(x), block)
+      x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name='hidden')(x))
+    x = nn.Dense(block[0] * block[1] * self.out_channels, dtype=self.dtype, name='pixels')(x)
+    x = depth_to_space(x.astype(jnp.float32), block)
     if x.shape[1:3] != (height, width):
       x = jax.image.resize(x, (b, height, width, self.out_channels), 'bilinear')
     return x

@@ -55,6 +55,34 @@ def init_variables(module: nn.Module, rng: jax.Array, example_batch: Any) -> dic
   return dict(_init_by_module(module, rng, example_batch))
 
 
+def set_fields(module: nn.Module, **values: Any) -> nn.Module:
+  """`module` with each of `values` set wherever the field exists, all the way down.
+
+  Sets the fields on the module, on every sub-module (an encoder inside a
+  classifier) and on every dataclass configuration (a `TransformerConfig`)
+  that has them; the others are left as they are, and so are the parameters.
+  `set_fields(model, dtype=jnp.bfloat16)` makes a whole model compute in
+  bfloat16.
+  """
+  updates = {}
+  for field in dataclasses.fields(module):
+    if field.name in ('parent', 'name'):
+      continue
+    value = getattr(module, field.name)
+    if field.name in values:
+      updates[field.name] = values[field.name]
+    elif isinstance(value, nn.Module):
+      changed = set_fields(value, **values)
+      if changed is not value:
+        updates[field.name] = changed
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+      names = {f.name for f in dataclasses.fields(value)}
+      known = {k: v for k, v in values.items() if k in names}
+      if known:
+        updates[field.name] = dataclasses.replace(value, **known)
+  return module.clone(**updates) if updates else module
+
+
 def sync_batch_norm(module: nn.Module, axis_name: str) -> nn.Module:
   """`module` with every BatchNorm averaging its batch statistics over `axis_name`.
 
@@ -64,14 +92,4 @@ def sync_batch_norm(module: nn.Module, axis_name: str) -> nn.Module:
   and on every sub-module (an encoder inside a classifier) that has the field;
   the parameters are unchanged.
   """
-  updates = {}
-  for field in dataclasses.fields(module):
-    if field.name in ('parent', 'name'):
-      continue
-    if field.name == 'bn_axis_name':
-      updates[field.name] = axis_name
-    elif isinstance(value := getattr(module, field.name), nn.Module):
-      synced = sync_batch_norm(value, axis_name)
-      if synced is not value:
-        updates[field.name] = synced
-  return module.clone(**updates) if updates else module
+  return set_fields(module, bn_axis_name=axis_name)

@@ -37,14 +37,16 @@ class ConvNormReLU(nn.Module):
   kernel: int
   stride: int = 1
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
     pad = self.kernel // 2
     x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
-                padding=((pad, pad), (pad, pad)), use_bias=False, name='conv')(x_BxHxWxC)
+                padding=((pad, pad), (pad, pad)), use_bias=False, dtype=self.dtype,
+                name='conv')(x_BxHxWxC)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
-                     axis_name=self.bn_axis_name, name='norm')(x)
+                     axis_name=self.bn_axis_name, dtype=self.dtype, name='norm')(x)
     return nn.relu(x)
 
 
@@ -54,18 +56,20 @@ class InceptionBlock(nn.Module):
   Attributes:
     widths: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj) channels.
     large_branch: '5x5', '3x3x2' or '3x3' for the 5x5 branch's convolutions.
-    bn_axis_name: see `InceptionV1`.
+    bn_axis_name, dtype: see `InceptionV1`.
   """
   widths: BlockWidths
   large_branch: str = '5x5'
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
     c1, r3, c3, r5, c5, proj = self.widths
 
     def conv(features, kernel, name):
-      return ConvNormReLU(features, kernel, bn_axis_name=self.bn_axis_name, name=name)
+      return ConvNormReLU(features, kernel, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                          name=name)
 
     branch1 = conv(c1, 1, 'conv1x1')(x_BxHxWxC, train=train)
     branch3 = conv(r3, 1, 'reduce3x3')(x_BxHxWxC, train=train)
@@ -99,6 +103,7 @@ class InceptionV1(nn.Module):
       scalars or per-channel tuples.
     bn_axis_name: the mapped axis every BatchNorm averages its batch statistics
       over under `jax.pmap` (e.g. 'batch'); None under jit or on one device.
+    dtype: computation dtype (parameters and BatchNorm statistics stay float32).
   """
   stages: Sequence[Sequence[BlockWidths]] = GOOGLENET_STAGES
   stem: str = 'imagenet'
@@ -108,6 +113,7 @@ class InceptionV1(nn.Module):
   input_mean: float | Sequence[float] = 0.0
   input_std: float | Sequence[float] = 1.0
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   def _width(self, width: int) -> int:
     return max(1, round(width * self.width_multiplier))
@@ -122,7 +128,7 @@ class InceptionV1(nn.Module):
 
     def stem_conv(features, kernel, stride, i, x):
       return ConvNormReLU(features, kernel, stride, bn_axis_name=self.bn_axis_name,
-                          name=f'stem_conv{i}')(x, train=train)
+                          dtype=self.dtype, name=f'stem_conv{i}')(x, train=train)
 
     # 'SAME' max-pooling pads with -inf, and at stride 2 it gives torchvision's
     # ceil-mode sizes (112 -> 56 -> 28 -> 14 -> 7 from a 224 image).
@@ -142,8 +148,8 @@ class InceptionV1(nn.Module):
         x = downsample(x)
       for b, widths in enumerate(blocks):
         x = InceptionBlock(tuple(self._width(w) for w in widths), self.large_branch,
-                           bn_axis_name=self.bn_axis_name, name=f'stage{s}_block{b}')(
-                               x, train=train)
+                           bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                           name=f'stage{s}_block{b}')(x, train=train)
     return {'features': jnp.mean(x, axis=(1, 2)), 'feature_map': x}
 
 

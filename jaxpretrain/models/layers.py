@@ -15,14 +15,22 @@ BENCHMARKS.md measures each on a CPU:
 * `add_bias` sums the gradient of a vocabulary-wide bias as a product with a
   vector of ones: XLA:CPU runs the column sum of an (N, 30522) array about 30
   times slower than that product.
+
+In 16-bit compute dtypes their parameter gradients accumulate in float32 and
+dropout scales in float32. `LAYER_SETS` holds them and the stock forms
+(`nn.Dense`, `nn.Dropout`, plain logits and bias), with the same parameters,
+so that a model can choose either and load the other's checkpoints: accelerators
+other than XLA:CPU may run the stock forms faster.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxpretrain.errors import ConfigError
 
 _BITS = 16
 
@@ -65,7 +73,10 @@ class Dropout(nn.Module):
       return jnp.zeros_like(x)
     keep_prob = 1.0 - round(self.rate * 2 ** _BITS) / 2 ** _BITS
     keep = keep_mask(self.make_rng('dropout'), self.rate, x.shape)
-    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
+    # Scaled in float32: 1 / keep_prob rounded to bfloat16 (1.109 for 1.111) would bias
+    # every kept element the same way.
+    scaled = (x.astype(jnp.promote_types(x.dtype, jnp.float32)) / keep_prob).astype(x.dtype)
+    return jnp.where(keep, scaled, jnp.zeros((), x.dtype))
 
 
 @jax.custom_vjp
@@ -78,19 +89,26 @@ def _tied_logits_forward(x_NxD, table_VxD):
   return tied_logits(x_NxD, table_VxD), (x_NxD, table_VxD)
 
 
+def _accumulated(a: jax.Array) -> Any:
+  """The dtype a sum over the rows of `a` accumulates in: float32 at least."""
+  return jnp.promote_types(a.dtype, jnp.float32)
+
+
 def table_gradient(x_NxD: jax.Array, g_NxV: jax.Array) -> jax.Array:
   """The (V, D) gradient `g.T @ x` of a table projected as `x @ table.T`, over all leading axes.
 
   Computed as `(x.T @ g).T`, contracting the rows of both with `g` read as laid
-  out, so that XLA:CPU makes no transposed copy of the (N, V) gradient.
+  out, so that XLA:CPU makes no transposed copy of the (N, V) gradient. The sum
+  over rows is float32 (or wider) whatever the inputs' dtype.
   """
   d, v = x_NxD.shape[-1], g_NxV.shape[-1]
-  return jnp.einsum('nd,nv->dv', x_NxD.reshape(-1, d), g_NxV.reshape(-1, v)).T
+  return jnp.einsum('nd,nv->dv', x_NxD.reshape(-1, d), g_NxV.reshape(-1, v),
+                    preferred_element_type=_accumulated(g_NxV)).T
 
 
 def _tied_logits_backward(residuals, g_NxV):
   x_NxD, table_VxD = residuals
-  g_x = jnp.einsum('...v,vd->...d', g_NxV, table_VxD)
+  g_x = jnp.einsum('...v,vd->...d', g_NxV, table_VxD).astype(x_NxD.dtype)
   return g_x, table_gradient(x_NxD, g_NxV).astype(table_VxD.dtype)
 
 
@@ -99,22 +117,26 @@ tied_logits.defvjp(_tied_logits_forward, _tied_logits_backward)
 
 @jax.custom_vjp
 def add_bias(x_NxV: jax.Array, bias_V: jax.Array) -> jax.Array:
-  """`x + bias` over the last axis, for any leading axes of `x`."""
-  return x_NxV + bias_V
-
-
-def _add_bias_forward(x_NxV, bias_V):
-  return x_NxV + bias_V, ()
+  """`x + bias` over the last axis, for any leading axes of `x`, in `x`'s dtype."""
+  return x_NxV + bias_V.astype(x_NxV.dtype)
 
 
 def sum_rows(g_NxF: jax.Array) -> jax.Array:
-  """The sum over all leading axes, as a product with a vector of ones (see `add_bias`)."""
+  """The sum over all leading axes, as a product with a vector of ones (see `add_bias`).
+
+  Accumulated and returned in float32 (or wider).
+  """
   f = g_NxF.shape[-1]
-  return jnp.ones((g_NxF.size // f,), g_NxF.dtype) @ g_NxF.reshape(-1, f)
+  return jnp.matmul(jnp.ones((g_NxF.size // f,), g_NxF.dtype), g_NxF.reshape(-1, f),
+                    preferred_element_type=_accumulated(g_NxF))
 
 
-def _add_bias_backward(_, g_NxV):
-  return g_NxV, sum_rows(g_NxV)
+def _add_bias_forward(x_NxV, bias_V):
+  return add_bias(x_NxV, bias_V), bias_V  # The bias only for its dtype: V values.
+
+
+def _add_bias_backward(bias_V, g_NxV):
+  return g_NxV, sum_rows(g_NxV).astype(bias_V.dtype)
 
 
 add_bias.defvjp(_add_bias_forward, _add_bias_backward)
@@ -127,19 +149,20 @@ def dense(x_NxD: jax.Array, kernel_DxF: jax.Array, bias_F: jax.Array) -> jax.Arr
 
 
 def _dense_forward(x_NxD, kernel_DxF, bias_F):
-  return dense(x_NxD, kernel_DxF, bias_F), (x_NxD, kernel_DxF)
+  return dense(x_NxD, kernel_DxF, bias_F), (x_NxD, kernel_DxF, bias_F)
 
 
 def _dense_backward(residuals, g_NxF):
-  x_NxD, kernel_DxF = residuals
+  x_NxD, kernel_DxF, bias_F = residuals
   # The kernel's gradient contracts both over their rows, so XLA:CPU copies one of them
   # transposed; unfused, that copy is a plain transpose, where fused with the elementwise
   # work that made its operand (dropout, GELU) it runs about ten times slower.
   x_NxD, g_NxF = jax.lax.optimization_barrier((x_NxD, g_NxF))
   d, f = kernel_DxF.shape
   g_x = jnp.einsum('...f,df->...d', g_NxF, kernel_DxF)
-  g_kernel = jnp.einsum('nd,nf->df', x_NxD.reshape(-1, d), g_NxF.reshape(-1, f))
-  return g_x, g_kernel, sum_rows(g_NxF)
+  g_kernel = jnp.einsum('nd,nf->df', x_NxD.reshape(-1, d), g_NxF.reshape(-1, f),
+                        preferred_element_type=_accumulated(g_NxF))
+  return g_x, g_kernel.astype(kernel_DxF.dtype), sum_rows(g_NxF).astype(bias_F.dtype)
 
 
 dense.defvjp(_dense_forward, _dense_backward)
@@ -166,3 +189,42 @@ class Dense(nn.Module):
             else jnp.zeros((self.features,)))
     return dense(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
 
+
+
+def plain_logits(x_NxD: jax.Array, table_VxD: jax.Array) -> jax.Array:
+  """`x @ table.T` as autodiff sees it: the stock form of `tied_logits`."""
+  return jnp.einsum('...d,vd->...v', x_NxD, table_VxD)
+
+
+class LayerSet(NamedTuple):
+  """The layers a Transformer is built from (see `LAYER_SETS`).
+
+  Attributes:
+    dense: `(features, *, use_bias, dtype, kernel_init, name)` -> a module with
+      `kernel` (D, F) and `bias` (F).
+    dropout: `(rate, deterministic=None)` -> a module drawing from 'dropout'.
+    tied_logits: `(x_NxD, table_VxD)` -> `x @ table.T`.
+    add_bias: `(x_NxV, bias_V)` -> `x + bias`.
+    fused_loss: a language-model head given targets returns their loss
+      (`vocab_loss.projected_nll`) instead of the logits.
+  """
+  dense: Callable[..., nn.Module]
+  dropout: Callable[..., nn.Module]
+  tied_logits: Callable[[jax.Array, jax.Array], jax.Array]
+  add_bias: Callable[[jax.Array, jax.Array], jax.Array]
+  fused_loss: bool
+
+
+# 'fast': this module's layers, tuned on XLA:CPU (BENCHMARKS.md); 'flax': the stock forms.
+LAYER_SETS: dict[str, LayerSet] = {
+    'fast': LayerSet(Dense, Dropout, tied_logits, add_bias, fused_loss=True),
+    'flax': LayerSet(nn.Dense, nn.Dropout, plain_logits, jnp.add, fused_loss=False),
+}
+
+
+def layer_set(name: str) -> LayerSet:
+  """The `LAYER_SETS` entry `name`; an unknown name is a ConfigError listing the known ones."""
+  if name not in LAYER_SETS:
+    raise ConfigError(f'unknown layers {name!r}; use one of {sorted(LAYER_SETS)} '
+                      '(e.g. --config.model.layers=flax)')
+  return LAYER_SETS[name]

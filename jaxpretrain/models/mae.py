@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpretrain.errors import ConfigError
-from jaxpretrain.models.layers import Dense
+from jaxpretrain.models.layers import layer_set
 from jaxpretrain.models.transformer import TransformerBlock, TransformerConfig
 from jaxpretrain.models.vit import ViT
 
@@ -68,7 +68,9 @@ class MAEDecoder(nn.Module):
       decoder carries along (at position zero) and drops before predicting.
     layer_norm_eps: epsilon of every LayerNorm.
     initializer_range: standard deviation of the normal initialisers.
-    dtype: computation dtype (parameters stay float32).
+    dtype: computation dtype (parameters stay float32); the predicted pixels
+      come out float32.
+    layers: 'fast' or 'flax' dense and dropout layers (see `TransformerConfig.layers`).
   """
   hidden: int
   depth: int
@@ -80,6 +82,7 @@ class MAEDecoder(nn.Module):
   layer_norm_eps: float = 1e-6
   initializer_range: float = 0.02
   dtype: Any = jnp.float32
+  layers: str = 'fast'
 
   @nn.compact
   def __call__(self, tokens_BxTxE: jax.Array, visible_BxK: jax.Array | None, *,
@@ -100,8 +103,9 @@ class MAEDecoder(nn.Module):
         intermediate_size=self.mlp_size or 4 * d, max_position_embeddings=n + 1,
         type_vocab_size=0, dropout=0.0, attention_dropout=0.0,
         layer_norm_eps=self.layer_norm_eps, pre_norm=True, activation='gelu', pooler=False,
-        initializer_range=self.initializer_range, dtype=self.dtype)
-    x_BxTxD = Dense(d, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+        initializer_range=self.initializer_range, dtype=self.dtype, layers=self.layers)
+    dense = layer_set(self.layers).dense
+    x_BxTxD = dense(d, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
                     name='embed')(tokens_BxTxE)
     n_cls = int(self.class_token)
     b = x_BxTxD.shape[0]
@@ -123,8 +127,10 @@ class MAEDecoder(nn.Module):
     for i in range(self.depth):
       x_BxTxD = TransformerBlock(cfg, name=f'layer_{i}')(x_BxTxD, mask_Bx1xTxT, train=train)
     x_BxTxD = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='final_norm')(x_BxTxD)
-    return Dense(self.patch_pixels, dtype=self.dtype,
-                 kernel_init=nn.initializers.xavier_uniform(), name='pred')(x_BxTxD[:, n_cls:])
+    pixels_BxNxP = dense(self.patch_pixels, dtype=self.dtype,
+                         kernel_init=nn.initializers.xavier_uniform(),
+                         name='pred')(x_BxTxD[:, n_cls:])
+    return pixels_BxNxP.astype(jnp.float32)
 
 
 class MaskedAutoencoder(nn.Module):
@@ -167,6 +173,6 @@ class MaskedAutoencoder(nn.Module):
                          mlp_size=self.decoder_mlp_size, class_token=enc.class_token,
                          layer_norm_eps=self.decoder_layer_norm_eps,
                          initializer_range=enc.initializer_range, dtype=enc.dtype,
-                         name='decoder')
+                         layers=enc.layers, name='decoder')
     return {'features': out['features'],
             'predicted_patches': decoder(out['tokens'], visible_BxK, train=train)}

@@ -33,7 +33,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, name: str,
+          dtype: Any = jnp.float32) -> nn.Conv:
   """A bias-free convolution padded by `kernel // 2` on every side.
 
   At stride 2 on an even size, flax's 'SAME' pads one less before than after
@@ -43,13 +44,15 @@ def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_conv_init,
-                 name=name)
+                 dtype=dtype, name=name)
 
 
-def _batch_norm(train: bool, axis_name: str | None, name: str) -> nn.BatchNorm:
+def _batch_norm(train: bool, axis_name: str | None, name: str,
+                dtype: Any = jnp.float32) -> nn.BatchNorm:
   # Flax's momentum is the weight of the old average: torch's 0.1 is flax's 0.9.
+  # Its statistics are float32 whatever `dtype` (`force_float32_reductions`).
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      axis_name=axis_name, name=name)
+                      axis_name=axis_name, dtype=dtype, name=name)
 
 
 class _Stem(nn.Module):
@@ -57,30 +60,31 @@ class _Stem(nn.Module):
   kind: str
   width: int
   bn_axis_name: str | None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:
     if self.kind == 'imagenet':
-      x = _conv(self.width, 7, 2, 'conv')(x_BxHxWxC)
-      x = nn.relu(_batch_norm(train, self.bn_axis_name, 'norm')(x))
+      x = _conv(self.width, 7, 2, 'conv', self.dtype)(x_BxHxWxC)
+      x = nn.relu(_batch_norm(train, self.bn_axis_name, 'norm', self.dtype)(x))
       # Max-pooling pads with -inf, so the padding never wins, as in torch.
       return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     if self.kind == 'small':
-      x = _conv(self.width, 3, 1, 'conv')(x_BxHxWxC)
-      return nn.relu(_batch_norm(train, self.bn_axis_name, 'norm')(x))
+      x = _conv(self.width, 3, 1, 'conv', self.dtype)(x_BxHxWxC)
+      return nn.relu(_batch_norm(train, self.bn_axis_name, 'norm', self.dtype)(x))
     raise ValueError(f"unknown stem {self.kind!r}; use 'imagenet' or 'small'")
 
 
 def _shortcut(x_BxHxWxC: jax.Array, features: int, stride: int, train: bool,
-              axis_name: str | None) -> jax.Array:
+              axis_name: str | None, dtype: Any = jnp.float32) -> jax.Array:
   """Identity where the shape is kept, else a strided 1x1 conv and BN.
 
   Called inside a block's `__call__`, so its layers are named in the block's scope.
   """
   if x_BxHxWxC.shape[-1] == features and stride == 1:
     return x_BxHxWxC
-  x = _conv(features, 1, stride, 'shortcut_conv')(x_BxHxWxC)
-  return _batch_norm(train, axis_name, 'shortcut_norm')(x)
+  x = _conv(features, 1, stride, 'shortcut_conv', dtype)(x_BxHxWxC)
+  return _batch_norm(train, axis_name, 'shortcut_norm', dtype)(x)
 
 
 class BasicBlock(nn.Module):
@@ -88,14 +92,16 @@ class BasicBlock(nn.Module):
   width: int
   stride: int = 1
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
-    y = _conv(self.width, 3, self.stride, 'conv0')(x_BxHxWxC)
-    y = nn.relu(_batch_norm(train, self.bn_axis_name, 'norm0')(y))
-    y = _conv(self.width, 3, 1, 'conv1')(y)
-    y = _batch_norm(train, self.bn_axis_name, 'norm1')(y)
-    residual = _shortcut(x_BxHxWxC, self.width, self.stride, train, self.bn_axis_name)
+    y = _conv(self.width, 3, self.stride, 'conv0', self.dtype)(x_BxHxWxC)
+    y = nn.relu(_batch_norm(train, self.bn_axis_name, 'norm0', self.dtype)(y))
+    y = _conv(self.width, 3, 1, 'conv1', self.dtype)(y)
+    y = _batch_norm(train, self.bn_axis_name, 'norm1', self.dtype)(y)
+    residual = _shortcut(x_BxHxWxC, self.width, self.stride, train, self.bn_axis_name,
+                         self.dtype)
     return nn.relu(y + residual)
 
 
@@ -111,18 +117,20 @@ class BottleneckBlock(nn.Module):
   stride: int = 1
   downsample_in_bottleneck: bool = False
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
     out = BOTTLENECK_EXPANSION * self.width
     first, middle = (self.stride, 1) if self.downsample_in_bottleneck else (1, self.stride)
-    y = _conv(self.width, 1, first, 'conv0')(x_BxHxWxC)
-    y = nn.relu(_batch_norm(train, self.bn_axis_name, 'norm0')(y))
-    y = _conv(self.width, 3, middle, 'conv1')(y)
-    y = nn.relu(_batch_norm(train, self.bn_axis_name, 'norm1')(y))
-    y = _conv(out, 1, 1, 'conv2')(y)
-    y = _batch_norm(train, self.bn_axis_name, 'norm2')(y)
-    residual = _shortcut(x_BxHxWxC, out, self.stride, train, self.bn_axis_name)
+    norm = lambda name: _batch_norm(train, self.bn_axis_name, name, self.dtype)
+    y = _conv(self.width, 1, first, 'conv0', self.dtype)(x_BxHxWxC)
+    y = nn.relu(norm('norm0')(y))
+    y = _conv(self.width, 3, middle, 'conv1', self.dtype)(y)
+    y = nn.relu(norm('norm1')(y))
+    y = _conv(out, 1, 1, 'conv2', self.dtype)(y)
+    y = norm('norm2')(y)
+    residual = _shortcut(x_BxHxWxC, out, self.stride, train, self.bn_axis_name, self.dtype)
     return nn.relu(y + residual)
 
 
@@ -151,6 +159,7 @@ class ResNet(nn.Module):
     bn_axis_name: the mapped axis every BatchNorm averages its batch statistics
       over, e.g. 'batch' under `jaxpretrain.parallel.pmap`. Not needed under jit
       over a mesh, where the batch is already global.
+    dtype: computation dtype (parameters and BatchNorm statistics stay float32).
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: str = 'basic'
@@ -162,6 +171,7 @@ class ResNet(nn.Module):
   input_mean: float | Sequence[float] = 0.0
   input_std: float | Sequence[float] = 1.0
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, image_BxHxWxC: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -170,13 +180,14 @@ class ResNet(nn.Module):
     if len(self.widths) != len(self.stage_sizes):
       raise ValueError(f'{len(self.stage_sizes)} stage sizes but {len(self.widths)} widths')
     x = (image_BxHxWxC - jnp.asarray(self.input_mean)) / jnp.asarray(self.input_std)
-    x = _Stem(self.stem, self.stem_width, self.bn_axis_name, name='stem')(x, train=train)
+    x = _Stem(self.stem, self.stem_width, self.bn_axis_name, self.dtype, name='stem')(
+        x, train=train)
     extra: dict[str, Any] = ({'downsample_in_bottleneck': self.downsample_in_bottleneck}
                              if self.block == 'bottleneck' else {})
     for s, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for b in range(size):
         stride = 2 if b == 0 and (s > 0 or self.downsample_in_first_stage) else 1
-        x = _BLOCKS[self.block](width, stride, bn_axis_name=self.bn_axis_name,
+        x = _BLOCKS[self.block](width, stride, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                                 name=f'stage{s}_block{b}', **extra)(x, train=train)
     return {'features': jnp.mean(x, axis=(1, 2)), 'feature_map': x}
 
@@ -195,7 +206,7 @@ RESNET_PRESETS: dict[str, dict[str, Any]] = {
 def resnet(preset: str, **overrides: Any) -> ResNet:
   """A `ResNet` of a `RESNET_PRESETS` shape, with any field replaced.
 
-  Example: `resnet('resnet18', stem='small', bn_axis_name='batch')`.
+  Example: `resnet('resnet18', stem='small', dtype=jnp.bfloat16)`.
   """
   if preset not in RESNET_PRESETS:
     raise ValueError(f'unknown ResNet preset {preset!r}; choose one of {sorted(RESNET_PRESETS)}')

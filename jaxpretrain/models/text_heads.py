@@ -5,7 +5,7 @@ grafting rule fits every family) and its task layers under `head/...`. Each
 returns the backbone's outputs (`hidden_states` (B, L, D), `features`, and
 `pooled` when the config has a pooler) with `logits` added (or, for the
 language models given targets, their loss); `features` is what the model's head
-reads.
+reads. `logits` are float32 whatever the config's compute dtype.
 """
 
 from typing import Any
@@ -79,7 +79,7 @@ def _sequence_model(cfg: TransformerConfig, batch: dict[str, Any], train: bool, 
   out = Transformer(cfg, name='encoder')(batch, train=train)
   features_BxD = _sequence_features(out, batch, pooling)
   dropout = cfg.dropout if dropout is None else dropout
-  logits = ClassifierHead(num_outputs, dropout, name='head')(features_BxD, train=train)
+  logits = ClassifierHead(num_outputs, dropout, cfg.dtype, name='head')(features_BxD, train=train)
   return {**out, 'features': features_BxD, 'logits': logits}
 
 
@@ -131,6 +131,6 @@ class TokenClassifier(nn.Module):
   def __call__(self, batch: dict[str, Any], *, train: bool = False) -> dict[str, jax.Array]:
     out = Transformer(self.config, name='encoder')(batch, train=train)
     dropout = self.config.dropout if self.dropout is None else self.dropout
-    logits = ClassifierHead(self.num_classes, dropout, name='head')(out['hidden_states'],
-                                                                    train=train)
+    logits = ClassifierHead(self.num_classes, dropout, self.config.dtype, name='head')(
+        out['hidden_states'], train=train)
     return {**out, 'features': out['hidden_states'], 'logits': logits}

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpretrain.errors import ConfigError
-from jaxpretrain.models.layers import Dense, Dropout, add_bias, tied_logits
+from jaxpretrain.models.layers import layer_set
 from jaxpretrain.models.vocab_loss import projected_nll
 
 _ACTIVATIONS = {
@@ -74,7 +74,11 @@ class TransformerConfig:
       as `pooled`.
     pooler_activation: 'tanh' (BERT) or 'relu' (DistilBERT's `pre_classifier`).
     initializer_range: standard deviation of the normal initialisers.
-    dtype: computation dtype (parameters stay float32).
+    dtype: computation dtype (parameters stay float32); attention scores,
+      softmax, LayerNorm statistics and the output `logits` are float32.
+    layers: 'fast' (`models.layers`, tuned for XLA:CPU, and the fused
+      vocabulary loss) or 'flax' (`nn.Dense`, `nn.Dropout`, plain logits);
+      the parameters are the same, so checkpoints load into either.
     decode: keep keys and values in a `cache` collection for generation one
       step at a time (causal models only); see `Transformer`.
   """
@@ -99,6 +103,7 @@ class TransformerConfig:
   pooler_activation: str = 'tanh'
   initializer_range: float = 0.02
   dtype: Any = jnp.float32
+  layers: str = 'fast'
   decode: bool = False
 
   def __post_init__(self):
@@ -114,6 +119,7 @@ class TransformerConfig:
     if self.position_encoding not in _POSITION_ENCODINGS:
       raise ConfigError(f'unknown position_encoding {self.position_encoding!r}; use one of '
                         f'{list(_POSITION_ENCODINGS)}')
+    layer_set(self.layers)  # An unknown name is a ConfigError naming the choices.
     if self.decode and not self.causal:
       raise ConfigError('decode=True needs a causal model (causal=True)')
 
@@ -214,9 +220,14 @@ def pool_features(hidden_BxLxD: jax.Array, attention_mask_BxL: jax.Array, how: s
 
 
 def _dense(cfg: TransformerConfig, features: int, name: str, std: float | None = None,
-           use_bias: bool = True) -> Dense:
-  return Dense(features, use_bias=use_bias, dtype=cfg.dtype, name=name,
-               kernel_init=nn.initializers.normal(std or cfg.initializer_range))
+           use_bias: bool = True) -> nn.Module:
+  return layer_set(cfg.layers).dense(
+      features, use_bias=use_bias, dtype=cfg.dtype, name=name,
+      kernel_init=nn.initializers.normal(std or cfg.initializer_range))
+
+
+def _dropout(cfg: TransformerConfig, rate: float, deterministic: bool | None = None) -> nn.Module:
+  return layer_set(cfg.layers).dropout(rate, deterministic=deterministic)
 
 
 def _layer_norm(cfg: TransformerConfig, name: str | None) -> nn.LayerNorm:
@@ -264,7 +275,7 @@ class SelfAttention(nn.Module):
     scores_BxHxLxT += jnp.where(mask_Bx1xLxT, 0.0, jnp.finfo(jnp.float32).min)
     probs_BxHxLxT = jax.nn.softmax(scores_BxHxLxT, axis=-1)
     self.sow('intermediates', 'attention_probs', probs_BxHxLxT)
-    probs_BxHxLxT = Dropout(cfg.attention_dropout, deterministic=not train)(probs_BxHxLxT)
+    probs_BxHxLxT = _dropout(cfg, cfg.attention_dropout, not train)(probs_BxHxLxT)
     out_BxLxHxK = jnp.einsum('bhqt,bthk->bqhk', probs_BxHxLxT.astype(cfg.dtype), v_BxTxHxK)
     return _dense(cfg, d, 'output', _residual_std(cfg))(out_BxLxHxK.reshape(b, l, d))
 
@@ -309,7 +320,7 @@ class TransformerBlock(nn.Module):
   def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxL: jax.Array, *, train: bool,
                bias_BxHxLxL: jax.Array | None = None) -> jax.Array:
     cfg = self.config
-    drop = Dropout(cfg.dropout, deterministic=not train)
+    drop = _dropout(cfg, cfg.dropout, not train)
     attention = functools.partial(SelfAttention(cfg, name='attention'), train=train,
                                   bias_BxHxLxT=bias_BxHxLxL)
     attention_norm = _layer_norm(cfg, 'attention_norm')
@@ -344,7 +355,7 @@ class Embeddings(nn.Module):
       self.token_type_embeddings = embed(cfg.type_vocab_size)
     if not cfg.pre_norm:
       self.layer_norm = _layer_norm(cfg, None)
-    self.dropout = Dropout(cfg.dropout)
+    self.dropout = _dropout(cfg, cfg.dropout)
 
   def __call__(self, input_ids_BxL: jax.Array, positions_BxL: jax.Array,
                token_type_ids_BxL: jax.Array | None = None, *, train: bool) -> jax.Array:
@@ -365,7 +376,8 @@ class Embeddings(nn.Module):
     return jnp.asarray(self.word_embeddings.embedding, self.config.dtype)
 
   def attend(self, x_BxLxD: jax.Array) -> jax.Array:
-    return tied_logits(x_BxLxD.astype(self.config.dtype), self.table())
+    return layer_set(self.config.layers).tied_logits(x_BxLxD.astype(self.config.dtype),
+                                                     self.table())
 
 
 class _Pooler(nn.Module):
@@ -501,9 +513,9 @@ class LMHead(nn.Module):
   projection. The projection is the encoder's tied word embeddings when the
   config ties them, else a dense `decoder` without bias.
 
-  Returns `{'logits': (B, L, V)}`; given `targets` and `weights` (B, L) and
-  tied embeddings, `{'nll_sum', 'hits'}` of `projected_nll` instead, which
-  never materialises the logits.
+  Returns `{'logits': (B, L, V)}` in float32; given `targets` and `weights`
+  (B, L), tied embeddings and the 'fast' layers, `{'nll_sum', 'hits'}` of
+  `projected_nll` instead, which never materialises the logits.
   """
   config: TransformerConfig
   transform: bool = True
@@ -518,7 +530,8 @@ class LMHead(nn.Module):
       x_BxLxD = _layer_norm(cfg, 'layer_norm')(x_BxLxD)
     bias_V = (self.param('bias', nn.initializers.zeros, (cfg.vocab_size,))
               if self.transform else None)
-    if targets_BxL is not None and cfg.tie_word_embeddings:
+    layers = layer_set(cfg.layers)
+    if targets_BxL is not None and cfg.tie_word_embeddings and layers.fused_loss:
       nll_sum, hits_BxL = projected_nll(x_BxLxD.astype(cfg.dtype), encoder.word_table(), bias_V,
                                         targets_BxL, weights_BxL)
       return {'nll_sum': nll_sum, 'hits': hits_BxL}
@@ -526,6 +539,8 @@ class LMHead(nn.Module):
       logits_BxLxV = encoder.attend(x_BxLxD)
     else:
       logits_BxLxV = _dense(cfg, cfg.vocab_size, 'decoder', use_bias=False)(x_BxLxD)
+    # Cast before the bias, so that the bias (and its gradient) is added in float32.
+    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
     if bias_V is not None:
-      logits_BxLxV = add_bias(logits_BxLxV, bias_V)
+      logits_BxLxV = layers.add_bias(logits_BxLxV, bias_V)
     return {'logits': logits_BxLxV}

@@ -38,6 +38,7 @@ class VGG(nn.Module):
       scalars or per-channel tuples.
     bn_axis_name: the mapped axis BatchNorm averages its batch statistics over
       under `jax.pmap` (e.g. 'batch'); None under jit or on one device.
+    dtype: computation dtype (parameters and BatchNorm statistics stay float32).
   """
   stages: Sequence[Sequence[int]] = _VGG11
   batch_norm: bool = False
@@ -45,6 +46,7 @@ class VGG(nn.Module):
   input_mean: float | Sequence[float] = 0.0
   input_std: float | Sequence[float] = 1.0
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, image_BxHxWxC: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -53,11 +55,12 @@ class VGG(nn.Module):
     for s, widths in enumerate(self.stages):
       for c, width in enumerate(widths):
         x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_conv_init,
-                    name=f'stage{s}_conv{c}')(x)
+                    dtype=self.dtype, name=f'stage{s}_conv{c}')(x)
         if self.batch_norm:
           # torch's BatchNorm2d defaults: momentum 0.1 (flax 0.9), epsilon 1e-5.
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           axis_name=self.bn_axis_name, name=f'stage{s}_norm{c}')(x)
+                           axis_name=self.bn_axis_name, dtype=self.dtype,
+                           name=f'stage{s}_norm{c}')(x)
         x = nn.relu(x)
       if s < pools and min(x.shape[1:3]) >= 2:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpretrain.errors import ConfigError
-from jaxpretrain.models.layers import Dropout
+from jaxpretrain.models.layers import layer_set
 from jaxpretrain.models.transformer import TransformerBlock, TransformerConfig
 
 _POOLINGS = ('cls', 'mean')
@@ -50,6 +50,7 @@ class ViTEmbeddings(nn.Module):
     dropout: on the embeddings.
     initializer_range: standard deviation of the truncated-normal initialisers.
     dtype: computation dtype (parameters stay float32).
+    layers: which dropout layer, 'fast' or 'flax' (see `TransformerConfig.layers`).
   """
   hidden: int
   patch_size: int
@@ -58,6 +59,7 @@ class ViTEmbeddings(nn.Module):
   dropout: float = 0.0
   initializer_range: float = 0.02
   dtype: Any = jnp.float32
+  layers: str = 'fast'
 
   @nn.compact
   def __call__(self, image_BxHxWxC: jax.Array, visible_BxK: jax.Array | None = None, *,
@@ -78,7 +80,7 @@ class ViTEmbeddings(nn.Module):
       cls_1x1xD = self.param('cls_token', init, (1, 1, d)) + pos_1xTxD[:, :1]
       cls_Bx1xD = jnp.broadcast_to(cls_1x1xD.astype(x_BxNxD.dtype), (b, 1, d))
       x_BxNxD = jnp.concatenate([cls_Bx1xD, x_BxNxD], axis=1)
-    return Dropout(self.dropout)(x_BxNxD, deterministic=not train)
+    return layer_set(self.layers).dropout(self.dropout)(x_BxNxD, deterministic=not train)
 
 
 class ViT(nn.Module):
@@ -100,7 +102,9 @@ class ViT(nn.Module):
     pooling: `features` are the class token's state ('cls') or the mean of the
       patch tokens' states ('mean'), both after the final norm.
     initializer_range: standard deviation of the normal initialisers.
-    dtype: computation dtype (parameters stay float32).
+    dtype: computation dtype (parameters stay float32); LayerNorm statistics
+      and attention softmax are float32.
+    layers: 'fast' or 'flax' dense and dropout layers (see `TransformerConfig.layers`).
     input_mean, input_std: inputs are standardised as `(x - mean) / std` first;
       scalars or one value per channel.
 
@@ -122,6 +126,7 @@ class ViT(nn.Module):
   pooling: str = 'cls'
   initializer_range: float = 0.02
   dtype: Any = jnp.float32
+  layers: str = 'fast'
   input_mean: float | tuple[float, ...] = 0.0
   input_std: float | tuple[float, ...] = 1.0
 
@@ -143,7 +148,8 @@ class ViT(nn.Module):
         max_position_embeddings=self.num_patches + int(self.class_token), type_vocab_size=0,
         dropout=self.dropout, attention_dropout=self.attention_dropout,
         layer_norm_eps=self.layer_norm_eps, pre_norm=True, causal=False, activation='gelu',
-        pooler=False, initializer_range=self.initializer_range, dtype=self.dtype)
+        pooler=False, initializer_range=self.initializer_range, dtype=self.dtype,
+        layers=self.layers)
 
   def _check(self, image_BxHxWxC: jax.Array) -> None:
     if self.pooling not in _POOLINGS:
@@ -182,7 +188,8 @@ class ViT(nn.Module):
     embeddings = ViTEmbeddings(
         hidden=self.hidden, patch_size=self.patch_size, num_patches=self.num_patches,
         class_token=self.class_token, dropout=self.dropout,
-        initializer_range=self.initializer_range, dtype=self.dtype, name='embeddings')
+        initializer_range=self.initializer_range, dtype=self.dtype, layers=self.layers,
+        name='embeddings')
     x_BxHxWxC = (image_BxHxWxC - jnp.asarray(self.input_mean)) / jnp.asarray(self.input_std)
     x_BxTxD = embeddings(x_BxHxWxC, visible_BxK, train=train)
     b, t, _ = x_BxTxD.shape
