@@ -22,6 +22,7 @@ from jaxpretrain.models import (INCEPTION_PRESETS, PRESETS, RESNET_PRESETS, VGG_
                                 SequenceClassifier, TransformerConfig, inception, make_apply_fn,
                                 resnet, set_fields, vgg, vit)
 from jaxpretrain.models.layers import layer_set
+from jaxpretrain.models.memory import check_remat
 from jaxpretrain.models.transformer import check_fields as check_transformer_fields
 from jaxpretrain import objectives
 from jaxpretrain.objectives import mixing
@@ -280,12 +281,28 @@ def model(cfg: Config) -> nn.Module:
 
   Both apply to every part of the model that has the field (encoder,
   decoder, heads, Transformer config); `layers` ('fast' or 'flax', see
-  `models.layers.LAYER_SETS`) only changes the Transformer families.
+  `models.layers.LAYER_SETS`) only changes the Transformer families. So do
+  `remat` (Transformer, ViT and ResNet blocks) and `scan_layers` (Transformer
+  and ViT), see `models.memory`.
   """
   layers = cfg.get('layers', 'fast')
   layer_set(layers)
-  return set_fields(_pick(MODELS, cfg.name, 'model')(cfg), dtype=compute_dtype(cfg),
-                    layers=layers)
+  module = set_fields(_pick(MODELS, cfg.name, 'model')(cfg), dtype=compute_dtype(cfg),
+                      layers=layers)
+  # The memory levers change only the families that have them, and only when asked for,
+  # so that an encoder section's own `remat` stands.
+  for key, off in (('remat', 'none'), ('scan_layers', False)):
+    value = cfg.get(key, off)
+    if key == 'remat':
+      check_remat(value)
+    if value != off:
+      changed = set_fields(module, **{key: value})
+      if changed is module:
+        raise ConfigError(f'model {cfg.name!r} has no blocks that model.{key} applies to '
+                          f'(Transformer, ViT, and for remat ResNet); unset '
+                          f'--config.model.{key}')
+      module = changed
+  return module
 
 
 def _augment(cfg: Config | None, section: str = 'augment') -> augment_lib.Augment | None:

@@ -48,7 +48,7 @@ def load(spec: str) -> Config:
 
 # Keys of every model section, whatever the family: how the model computes, not what it
 # is (`build.model` applies them; checkpoints load into any of their values).
-MODEL_SWITCHES = {'dtype': 'float32', 'layers': 'fast'}
+MODEL_SWITCHES = {'dtype': 'float32', 'layers': 'fast', 'remat': 'none', 'scan_layers': False}
 
 
 def add_model_switches(config: Config) -> None:
@@ -122,8 +122,8 @@ def override(config: Config, assignments: Sequence[str]) -> Config:
 
 
 # Fields of `TransformerConfig` that describe the run's computation, not the model: the
-# model section's `dtype` and `layers` set the first two for every family.
-_RUNTIME_FIELDS = ('dtype', 'layers', 'decode')
+# model section's switches (`MODEL_SWITCHES`) set them for every family.
+_RUNTIME_FIELDS = ('dtype', 'layers', 'remat', 'scan_layers', 'decode')
 
 
 def transformer_section(preset: str, **fields) -> Config:

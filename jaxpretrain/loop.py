@@ -371,10 +371,12 @@ def _checkpointer(config: Config, workdir: epath.Path, kind: str, *,
       manifest={'config': json.loads(config.to_json_best_effort()), 'kind': kind,
                 'finetune': list(build.transform(config.get('finetune')).spec)},
       # Checkpoints of a different model, objective or kind of run never mix with these;
-      # its compute dtype and layers may change (a float32 run resumed in bfloat16).
+      # its compute dtype, layers and remat may change (a float32 run resumed in bfloat16),
+      # not the scanned layout of its parameters.
       run_identity={'kind': kind, 'model': {k: v for k, v in config.model.to_dict().items()
                                             if k not in config_lib.MODEL_SWITCHES},
-                    'objective': config.objective.name})
+                    'objective': config.objective.name,
+                    **({'scan_layers': True} if config.model.get('scan_layers') else {})})
 
 
 class _TrainWindow:

@@ -37,6 +37,8 @@ import jax.numpy as jnp
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.convert import files, hf_vision, rules
 from jaxpretrain.errors import ConfigError
+from jaxpretrain.models import memory
+from jaxpretrain.models.core import set_fields
 from jaxpretrain.models.resnet import ResNet
 from jaxpretrain.models.text_heads import (BertForMaskedLM, GPTForCausalLM, Regressor,
                                            SequenceClassifier, TokenClassifier)
@@ -167,8 +169,8 @@ _TIED_KINDS = {**_KINDS, 'decoder': _KINDS['decoder']._replace(
     leaves={'weight': rules.Unused('tied to the word embeddings'), 'bias': 'bias'})}
 
 
-def load_hf(directory: str | os.PathLike, *, architecture: str | None = None
-            ) -> tuple[nn.Module, Params]:
+def load_hf(directory: str | os.PathLike, *, architecture: str | None = None,
+            scan_layers: bool = False) -> tuple[nn.Module, Params]:
   """A Hugging Face model directory as a jaxpretrain model and its variables.
 
   Args:
@@ -179,6 +181,8 @@ def load_hf(directory: str | os.PathLike, *, architecture: str | None = None
     architecture: overrides `architectures[0]` of `config.json`, e.g.
       'BertModel' to load only the backbone of a `BertForMaskedLM`. Without
       either, the family's backbone-only architecture.
+    scan_layers: a Transformer or ViT whose blocks run under `nn.scan`, its
+      layers' weights stacked under `layers/` (`models.memory`).
 
   Returns:
     `(model, variables)`. `*Model` architectures give the bare `Transformer`
@@ -202,9 +206,15 @@ def load_hf(directory: str | os.PathLike, *, architecture: str | None = None
     >>> model, variables = load_hf('resnet-tiny/')  # a ResNetForImageClassification
     >>> logits = model.apply(variables, {'image': images_in_0_1}, train=False)['logits']
   """
-  return from_state_dict(files.read_config(directory), files.read_state_dict(directory),
-                         architecture=architecture,
-                         preprocessor=hf_vision.read_preprocessor_config(directory))
+  model, variables = from_state_dict(
+      files.read_config(directory), files.read_state_dict(directory), architecture=architecture,
+      preprocessor=hf_vision.read_preprocessor_config(directory))
+  if not scan_layers:
+    return model, variables
+  scanned = set_fields(model, scan_layers=True)
+  if scanned is model:
+    raise ConfigError(f'scan_layers=True: {type(model).__name__} has no Transformer blocks to scan')
+  return scanned, {**variables, 'params': memory.stack_layers(variables['params'])}
 
 
 def hf_variables(directory: str | os.PathLike, *, architecture: str | None = None) -> Params:

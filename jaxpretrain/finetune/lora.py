@@ -28,6 +28,7 @@ from jaxpretrain.errors import CheckpointMismatchError, ConfigError, MissingFile
 from jaxpretrain.finetune.base import Params, Transform, chain, make_transform
 from jaxpretrain.finetune.masks import trainable_where
 from jaxpretrain.finetune.surgery import path_key, from_pretrained
+from jaxpretrain.models.memory import STACKED_PATHS
 
 ADAPTERS = 'lora'  # Top-level key of the adapters in the parameter tree.
 
@@ -87,7 +88,8 @@ def lora(rank: int, alpha: float | None = None, *, targets: str = r'.*kernel',
       training; the update is formed in weight space, so one mask per step.
     head: regex of parameters that train whole (a new task head); None for none.
     stacked: regex of kernels stacked over layers on their leading axis (as
-      `nn.scan` makes); each layer gets its own adapters.
+      `nn.scan` makes; default: those under `layers/`); each layer gets its
+      own adapters.
     input_axes: `(regex, n)` rules: kernels whose path matches have `n` input
       axes (after any stacked one); default: all axes but the last. Flax's
       attention needs `[('.*(query|key|value)/kernel', 1)]`: those kernels are
@@ -95,6 +97,7 @@ def lora(rank: int, alpha: float | None = None, *, targets: str = r'.*kernel',
       fits the default.
   """
   input_axes = [(pattern, int(n)) for pattern, n in input_axes]
+  stacked = STACKED_PATHS if stacked is None else stacked
   if rank < 1:
     raise ConfigError(f'LoRA rank must be at least 1, got {rank}')
   scale = (alpha if alpha is not None else rank) / rank

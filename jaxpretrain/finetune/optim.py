@@ -12,6 +12,7 @@ import optax
 from jaxpretrain import tree as tree_lib
 from jaxpretrain.errors import ConfigError
 from jaxpretrain.finetune.base import Params, Transform, make_transform
+from jaxpretrain.models.memory import STACKED_PATHS
 
 
 def _scale_updates(multipliers) -> optax.GradientTransformation:
@@ -58,13 +59,15 @@ def layer_ids(params: Params, *, head: str = 'head/.*',
 
   Layers are told apart by the integers in their path (`layer_3`,
   `stage1_conv0`), ordered numerically. Parameters matching `stacked` hold
-  one layer per index of their leading axis (as `nn.scan` stacks them); they
+  one layer per index of their leading axis (as `nn.scan` stacks them; by
+  default those under a `layers/` key, `models.memory.STACKED_PATHS`); they
   come after the indexed layers and get an array of ids. LoRA factors take the
   depth of the parameter they adapt.
 
   Returns:
     `({path: id or int array}, L)`.
   """
+  stacked = STACKED_PATHS if stacked is None else stacked
   flat = tree_lib.flatten(params)
   kinds, keys = {}, set()
   for path, leaf in flat.items():
@@ -112,7 +115,8 @@ def layerwise_lr_decay(decay: float, *, head: str = 'head/.*',
     decay: factor per layer, e.g. 0.75.
     head: regex of the head (full rate).
     embeddings: regex of the embeddings or stem (the lowest rate).
-    stacked: regex of parameters stacked over layers on their leading axis.
+    stacked: regex of parameters stacked over layers on their leading axis
+      (default: scanned layers, under `layers/`).
   """
 
   def wrap_tx(tx, params):

@@ -17,6 +17,7 @@ from jaxpretrain.errors import CheckpointMismatchError
 from jaxpretrain.finetune.base import Params, Transform, make_transform
 from jaxpretrain.finetune.masks import trainable_where
 from jaxpretrain.finetune.reshape import Adapter, adapter
+from jaxpretrain.models import memory
 
 Source = str | Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 # `(regex, adapter)` or `(regex, adapter name)` or `(regex, adapter name, {kwargs})`.
@@ -80,7 +81,10 @@ def graft(params: Params, pretrained: Mapping[str, Any], *, select: str = '.*',
   """
   regex = re.compile(select)
   adapters = _adapters(reshape)
-  source = {_rename(p, rename): v for p, v in tree_lib.flatten(pretrained).items()}
+  source = tree_lib.unflatten({_rename(p, rename): v
+                               for p, v in tree_lib.flatten(pretrained).items()})
+  # Scanned and unrolled layers hold the same weights: read either into either.
+  source = tree_lib.flatten(memory.like(source, params))
   source = {p: v for p, v in source.items() if regex.fullmatch(p)}
   flat = tree_lib.flatten(params)
   loaded, missing, reshaped = [], [], []

@@ -4,6 +4,7 @@ from jaxpretrain.models.conv import (ConvDecoder, ConvEncoder, PixelShuffleDecod
                                      space_to_depth)
 from jaxpretrain.models.core import init_variables, make_apply_fn, set_fields, sync_batch_norm
 from jaxpretrain.models.layers import LAYER_SETS, Dense, Dropout
+from jaxpretrain.models.memory import REMAT_POLICIES, stack_layers, unstack_layers
 from jaxpretrain.models.heads import (Autoencoder, Classifier, ClassifierHead,
                                       PretextClassifier, ProjectionHead)
 from jaxpretrain.models.contrastive import ContrastiveModel

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpretrain.models.memory import rematerialised
+
 # Output channels of a bottleneck block per unit of its width.
 BOTTLENECK_EXPANSION = 4
 # The ImageNet statistics public checkpoints expect as `input_mean` and `input_std`.
@@ -137,6 +139,10 @@ class BottleneckBlock(nn.Module):
 _BLOCKS = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
 
 
+def _call_block(block: nn.Module, x_BxHxWxC: jax.Array, train: bool) -> jax.Array:
+  return block(x_BxHxWxC, train=train)
+
+
 class ResNet(nn.Module):
   """A ResNet encoder: stem, then stages of residual blocks.
 
@@ -160,6 +166,8 @@ class ResNet(nn.Module):
       over, e.g. 'batch' under `jaxpretrain.parallel.pmap`. Not needed under jit
       over a mesh, where the batch is already global.
     dtype: computation dtype (parameters and BatchNorm statistics stay float32).
+    remat: 'none', 'block' or 'dots': what each residual block keeps for the
+      backward pass (`models.memory`).
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: str = 'basic'
@@ -172,6 +180,7 @@ class ResNet(nn.Module):
   input_std: float | Sequence[float] = 1.0
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, image_BxHxWxC: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -184,11 +193,13 @@ class ResNet(nn.Module):
         x, train=train)
     extra: dict[str, Any] = ({'downsample_in_bottleneck': self.downsample_in_bottleneck}
                              if self.block == 'bottleneck' else {})
+    call = rematerialised(_call_block, self.remat, static_argnums=(2,))
     for s, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for b in range(size):
         stride = 2 if b == 0 and (s > 0 or self.downsample_in_first_stage) else 1
-        x = _BLOCKS[self.block](width, stride, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                                name=f'stage{s}_block{b}', **extra)(x, train=train)
+        block = _BLOCKS[self.block](width, stride, bn_axis_name=self.bn_axis_name,
+                                    dtype=self.dtype, name=f'stage{s}_block{b}', **extra)
+        x = call(block, x, train)
     return {'features': jnp.mean(x, axis=(1, 2)), 'feature_map': x}
 
 

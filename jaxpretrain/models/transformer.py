@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from jaxpretrain.errors import ConfigError
 from jaxpretrain.models.layers import layer_set
+from jaxpretrain.models.memory import check_remat, rematerialised
 from jaxpretrain.models.vocab_loss import projected_nll
 
 _ACTIVATIONS = {
@@ -81,6 +82,12 @@ class TransformerConfig:
       the parameters are the same, so checkpoints load into either.
     decode: keep keys and values in a `cache` collection for generation one
       step at a time (causal models only); see `Transformer`.
+    remat: 'none', 'block' or 'dots': what each block keeps for the backward
+      pass (`models.memory`); the parameters and results are the same.
+    scan_layers: run the blocks with `nn.scan`, their parameters stacked under
+      `layers/` (leading axis `num_layers`) instead of `layer_{i}/`; compile
+      time then no longer grows with depth (`models.memory.stack_layers`
+      converts between the layouts).
   """
   vocab_size: int = 30522
   hidden_size: int = 768
@@ -105,6 +112,8 @@ class TransformerConfig:
   dtype: Any = jnp.float32
   layers: str = 'fast'
   decode: bool = False
+  remat: str = 'none'
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -120,6 +129,7 @@ class TransformerConfig:
       raise ConfigError(f'unknown position_encoding {self.position_encoding!r}; use one of '
                         f'{list(_POSITION_ENCODINGS)}')
     layer_set(self.layers)  # An unknown name is a ConfigError naming the choices.
+    check_remat(self.remat)
     if self.decode and not self.causal:
       raise ConfigError('decode=True needs a causal model (causal=True)')
 
@@ -333,6 +343,36 @@ class TransformerBlock(nn.Module):
     return mlp_norm(x_BxLxD + drop(mlp(x_BxLxD)))
 
 
+def _call_block(block: TransformerBlock, x_BxLxD: jax.Array, mask_Bx1xLxL: jax.Array,
+                bias_BxHxLxL: jax.Array | None, train: bool) -> jax.Array:
+  return block(x_BxLxD, mask_Bx1xLxL, train=train, bias_BxHxLxL=bias_BxHxLxL)
+
+
+def apply_blocks(cfg: TransformerConfig, x_BxLxD: jax.Array, mask_Bx1xLxL: jax.Array,
+                 bias_BxHxLxL: jax.Array | None = None, *, train: bool) -> jax.Array:
+  """Runs `cfg.num_layers` blocks as `cfg.remat` and `cfg.scan_layers` say.
+
+  Call it from a compact method: the blocks become its children, named
+  `layer_{i}` or, scanned, one `layers` whose parameters (and decoding cache,
+  and sown attention probabilities) carry a leading layer axis.
+  """
+  call = rematerialised(_call_block, cfg.remat, static_argnums=(4,), in_scan=cfg.scan_layers)
+  if not cfg.scan_layers:
+    for i in range(cfg.num_layers):
+      x_BxLxD = call(TransformerBlock(cfg, name=f'layer_{i}'), x_BxLxD, mask_Bx1xLxL,
+                     bias_BxHxLxL, train)
+    return x_BxLxD
+
+  def body(block, x_BxLxD, mask_Bx1xLxL, bias_BxHxLxL):
+    return call(block, x_BxLxD, mask_Bx1xLxL, bias_BxHxLxL, train), None
+
+  scan = nn.scan(body, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
+                 split_rngs={'params': True, 'dropout': True},
+                 in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers)
+  x_BxLxD, _ = scan(TransformerBlock(cfg, name='layers'), x_BxLxD, mask_Bx1xLxL, bias_BxHxLxL)
+  return x_BxLxD
+
+
 class Embeddings(nn.Module):
   """Word + position (+ token type) embeddings; LayerNorm for post-norm models; dropout.
 
@@ -451,9 +491,7 @@ class Transformer(nn.Module):
     bias_BxHxLxL = None
     if cfg.position_encoding == 'alibi':
       bias_BxHxLxL = alibi_bias(query_positions_BxL, key_positions_BxT, cfg.num_heads)
-    for i in range(cfg.num_layers):
-      x_BxLxD = TransformerBlock(cfg, name=f'layer_{i}')(x_BxLxD, mask_Bx1xLxL, train=train,
-                                                         bias_BxHxLxL=bias_BxHxLxL)
+    x_BxLxD = apply_blocks(cfg, x_BxLxD, mask_Bx1xLxL, bias_BxHxLxL, train=train)
     if cfg.pre_norm:
       x_BxLxD = _layer_norm(cfg, 'final_norm')(x_BxLxD)
     out = {'hidden_states': x_BxLxD}

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxpretrain.errors import ConfigError
 from jaxpretrain.models.layers import layer_set
-from jaxpretrain.models.transformer import TransformerBlock, TransformerConfig
+from jaxpretrain.models.transformer import TransformerConfig, apply_blocks
 
 _POOLINGS = ('cls', 'mean')
 
@@ -105,6 +105,8 @@ class ViT(nn.Module):
     dtype: computation dtype (parameters stay float32); LayerNorm statistics
       and attention softmax are float32.
     layers: 'fast' or 'flax' dense and dropout layers (see `TransformerConfig.layers`).
+    remat, scan_layers: memory levers of the blocks (see `TransformerConfig`);
+      scanned, the blocks' parameters are stacked under `layers/`.
     input_mean, input_std: inputs are standardised as `(x - mean) / std` first;
       scalars or one value per channel.
 
@@ -127,6 +129,8 @@ class ViT(nn.Module):
   initializer_range: float = 0.02
   dtype: Any = jnp.float32
   layers: str = 'fast'
+  remat: str = 'none'
+  scan_layers: bool = False
   input_mean: float | tuple[float, ...] = 0.0
   input_std: float | tuple[float, ...] = 1.0
 
@@ -149,7 +153,7 @@ class ViT(nn.Module):
         dropout=self.dropout, attention_dropout=self.attention_dropout,
         layer_norm_eps=self.layer_norm_eps, pre_norm=True, causal=False, activation='gelu',
         pooler=False, initializer_range=self.initializer_range, dtype=self.dtype,
-        layers=self.layers)
+        layers=self.layers, remat=self.remat, scan_layers=self.scan_layers)
 
   def _check(self, image_BxHxWxC: jax.Array) -> None:
     if self.pooling not in _POOLINGS:
@@ -194,8 +198,7 @@ class ViT(nn.Module):
     x_BxTxD = embeddings(x_BxHxWxC, visible_BxK, train=train)
     b, t, _ = x_BxTxD.shape
     mask_Bx1xTxT = jnp.ones((b, 1, t, t), bool)
-    for i in range(self.depth):
-      x_BxTxD = TransformerBlock(cfg, name=f'layer_{i}')(x_BxTxD, mask_Bx1xTxT, train=train)
+    x_BxTxD = apply_blocks(cfg, x_BxTxD, mask_Bx1xTxT, train=train)
     tokens_BxTxD = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype,
                                 name='final_norm')(x_BxTxD)
     if self.pooling == 'cls':
