@@ -1,16 +1,18 @@
 # The README's commands: `make main` (the main job), `make text` (the text recipe) and
 # `make test` (the test suite). Each creates .venv, installs the package and the offline data
-# it needs, then runs.
+# it needs, then runs. `make test-oldest` runs the suite in .venv-oldest, on the oldest
+# versions of the JAX stack that pyproject.toml allows (requirements/oldest.txt).
 
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
+CONSTRAINTS ?=
 BIN := $(VENV)/bin
 WORKDIR ?= runs/fashion_mnist
 TEXT_WORKDIR ?= runs/shakespeare
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: main text test install data four-ways clean
+.PHONY: main text test test-oldest install data four-ways clean
 
 main: install data
 	$(BIN)/jaxpretrain recipe --config configs/fashion_mnist_recipe.py --workdir $(WORKDIR)
@@ -27,11 +29,14 @@ four-ways: install data
 test: install data
 	$(BIN)/python -m pytest -n 2 --dist loadscope tests
 
+test-oldest:
+	$(MAKE) test VENV=.venv-oldest CONSTRAINTS=requirements/oldest.txt
+
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check $(addprefix -c ,$(CONSTRAINTS)) -e '.[test]'
 	touch $@
 
 # Fashion-MNIST ships in Debian's dataset-fashion-mnist package; without it (and offline)
@@ -51,4 +56,4 @@ $(FASHION_MNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf .venv .venv-oldest runs

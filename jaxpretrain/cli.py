@@ -111,13 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, overrides: list[str], argv: list[str]) -> int:
-  from jaxpretrain import loop, recipe  # Heavy imports after argument checks.
+  from jaxpretrain import devices, loop, recipe  # Heavy imports after argument checks.
   if args.command == 'prepare':
     from jaxpretrain import data
     builder = data.prepared_builder(args.dataset, data_dir=args.data_dir)
     print(f'{args.dataset} prepared in {builder.data_dir}')
     return 0
   config = config_lib.override(config_lib.load(args.config), overrides)
+  devices.log_summary()
   progress = not args.no_progress
   if args.command in ('pretrain', 'finetune'):
     result = loop.train(config, args.workdir, kind=args.command, progress=progress)

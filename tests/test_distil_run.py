@@ -1,9 +1,7 @@
 """DistilBERT-style distillation from a BERT MLM run, from configs (tiny variants)."""
 
-import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from jaxpretrain import build, checkpoint, config as config_lib, loop
@@ -16,11 +14,8 @@ DISTIL = 'configs/shakespeare_distil.py:tiny'
 
 def _saved_state_shapes(workdir):
   """Shapes of every array of the latest saved train state, by `/`-joined path."""
-  folders = [p for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
-  latest = max(folders, key=lambda p: int(p.name))
-  tree = ocp.PyTreeCheckpointer().metadata(latest / 'state').item_metadata.tree
-  return {tree_lib.key_path_str(p): tuple(m.shape)
-          for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  with checkpoint.open_checkpoints(workdir) as reader:
+    return {path: tuple(m.shape) for path, m in reader.saved_arrays('latest').items()}
 
 
 def _distil_config(teacher, *overrides):

@@ -151,7 +151,8 @@ def rand_augment(num_ops: int = 2, magnitude: float | None = None,
       geometric = jnp.where(op < num_geometric, op + 1, 0)
       image = augment_lib.affine_transform(image, matrices[geometric], offsets[geometric], fill)
       colour = jnp.where(op < num_geometric, 0, op - num_geometric)
-      image = jnp.stack([f(image, signed) for f in colour_ops])[colour]
+      # Clipped because XLA:CPU in JAX 0.7 computes some ops a hair outside [0, 1].
+      image = jnp.clip(jnp.stack([f(image, signed) for f in colour_ops])[colour], 0.0, 1.0)
     return image
 
   return augment
