@@ -205,14 +205,17 @@ def weight_decay(rate: float, *, learning_rate: float | optax.Schedule | None,
     rate: decay per unit learning rate.
     learning_rate: the optimizer's learning rate or schedule.
     mask: a regex of the parameters that decay, or `(regex, decays?)` rules;
-      default: every parameter with two or more dimensions.
+      default: every parameter with two or more dimensions (besides the layer
+      axis of scanned layers).
   """
 
   def wrap_tx(tx, params):
     if learning_rate is None:
       raise ConfigError('weight_decay needs the learning rate (or schedule) it scales with')
     if mask is None or isinstance(mask, str):
-      decays = _selection(params, mask, lambda _, x: np.ndim(x) >= 2)
+      # A scanned stack's leading axis counts layers: its biases are (L, D), not matrices.
+      decays = _selection(params, mask, lambda path, x: np.ndim(x) - bool(
+          re.fullmatch(STACKED_PATHS, path)) >= 2)
     else:
       decays = tree_lib.unflatten(tree_lib.match_rules(params, mask, name='weight_decay mask'))
     return optax.chain(tx, optax.masked(_decoupled_decay(rate, learning_rate), decays))

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxpretrain.errors import ConfigError
 
@@ -187,7 +188,9 @@ class Dense(nn.Module):
     kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
     bias = (self.param('bias', nn.initializers.zeros, (self.features,)) if self.use_bias
             else jnp.zeros((self.features,)))
-    return dense(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
+    # Named so that remat='dots' can keep it: the custom VJP hides its matmul from the policy.
+    return checkpoint_name(
+        dense(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)), 'dense')
 
 
 

@@ -7,8 +7,10 @@ input for the backward pass and recomputes the rest there.
 * 'block': recompute each block whole; memory holds one block's activations
   at a time plus every block's input.
 * 'dots': keep the outputs of the dense layers' matmuls
-  (`jax.checkpoint_policies.dots_with_no_batch_dims_saveable`) and recompute
-  the cheap elementwise work, attention scores and norms between them.
+  (`jax.checkpoint_policies.dots_with_no_batch_dims_saveable`, and the
+  library's `Dense` by name) and recompute the cheap elementwise work,
+  attention scores and norms between them. Convolutions are not matmuls to
+  the policy: in a ResNet, 'dots' saves what 'block' saves.
 
 `scan_layers` runs identical blocks with `nn.scan`: XLA compiles one block,
 so compile time stops growing with depth. The parameters of the L blocks are
@@ -32,7 +34,11 @@ from jaxpretrain.errors import ConfigError
 REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
     'none': None,
     'block': None,  # jax.checkpoint's default: save nothing inside the block
-    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Matmuls without batch dimensions, and the library's `Dense`, whose custom backward
+    # pass hides its matmul from the first policy.
+    'dots': jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names('dense')),
 }
 STACKED = 'layers'
 # The paths of scanned layers' parameters, for the fine-tuning transforms (`stacked=`).
