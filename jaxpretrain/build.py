@@ -289,13 +289,11 @@ def model(cfg: Config) -> nn.Module:
   layer_set(layers)
   module = set_fields(_pick(MODELS, cfg.name, 'model')(cfg), dtype=compute_dtype(cfg),
                       layers=layers)
+  check_remat(cfg.get('remat', 'none'))
   # The memory levers change only the families that have them, and only when asked for,
   # so that an encoder section's own `remat` stands.
   for key, off in (('remat', 'none'), ('scan_layers', False)):
-    value = cfg.get(key, off)
-    if key == 'remat':
-      check_remat(value)
-    if value != off:
+    if (value := cfg.get(key, off)) != off:
       changed = set_fields(module, **{key: value})
       if changed is module:
         raise ConfigError(f'model {cfg.name!r} has no blocks that model.{key} applies to '

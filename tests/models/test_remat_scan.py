@@ -1,6 +1,7 @@
 """Rematerialised and scanned blocks compute what the plain model computes; layouts convert."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -68,29 +69,32 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize('family', sorted(CASES))
-@pytest.mark.parametrize('remat', ['block', 'dots'])
-def test_remat_gives_the_plain_models_outputs_and_gradients(family, remat):
+@functools.cache
+def _plain(family):
+  """A family's model maker, batch, parameters, and the plain model's loss and gradients."""
   make, inputs = CASES[family]
   batch = inputs()
   params = init_variables(make(), KEY, batch)['params']
-  plain = _loss_and_grads(make(), params, batch)
+  return make, batch, params, _loss_and_grads(make(), params, batch)
+
+
+@pytest.mark.parametrize('family', sorted(CASES))
+@pytest.mark.parametrize('remat', ['block', 'dots'])
+def test_remat_gives_the_plain_models_outputs_and_gradients(family, remat):
+  make, batch, params, plain = _plain(family)
   _assert_close(_loss_and_grads(make(remat=remat), params, batch), plain)
 
 
 @pytest.mark.parametrize('family', sorted(CASES))
 @pytest.mark.parametrize('remat', ['none', 'block'])
 def test_scanned_layers_equal_the_unrolled_ones(family, remat):
-  make, inputs = CASES[family]
-  batch = inputs()
-  params = init_variables(make(), KEY, batch)['params']
+  make, batch, params, (plain_loss, plain_grads) = _plain(family)
   stacked = stack_layers(params)
   scanned = make(scan_layers=True, remat=remat)
   # The scanned model's own parameters have the stacked layout, one slice per layer.
   assert jax.tree.map(np.shape, init_variables(scanned, KEY, batch)['params']) == jax.tree.map(
       np.shape, stacked)
   loss, grads = _loss_and_grads(scanned, stacked, batch)
-  plain_loss, plain_grads = _loss_and_grads(make(), params, batch)
   _assert_close(loss, plain_loss)
   _assert_close(unstack_layers(grads), plain_grads)
 
